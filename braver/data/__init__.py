@@ -1,0 +1,1 @@
+"""Datasets on disk → cases → preprocessed, memory-mapped arrays → patch batches."""

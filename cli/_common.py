@@ -1,0 +1,39 @@
+"""Pieces shared by the command modules: consoles, the error boundary, option types."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from braver.errors import BraverError
+
+console = Console()
+err_console = Console(stderr=True)
+
+# set by the top-level --debug option; read by the error boundary below
+state = {"debug": False}
+
+
+class BraverGroup(TyperGroup):
+    """Turns a ``BraverError`` anywhere below into one red sentence and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BraverError as error:
+            if state["debug"]:
+                raise
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+
+def is_interactive() -> bool:
+    """True when stdout is a terminal (progress bars are drawn only then)."""
+    return sys.stdout.isatty()

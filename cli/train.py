@@ -1,0 +1,14 @@
+"""`braver train`."""
+
+from __future__ import annotations
+
+import typer
+
+from braver.errors import BraverError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def train() -> None:
+        """Not built yet."""
+        raise BraverError("'braver train' is not built yet in this version of braver")

@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+import torch
+
+from braver.data.blocks import (
+    DeviceVolumes,
+    MappedVolumes,
+    PatchGeometry,
+    balanced_weights,
+    gather_windows,
+    patch_dataloaders,
+)
+from braver.data.cache import Cache, write_case, write_summary
+from braver.data.labels import BRATS_2023
+
+
+def naive_crop(volume, z, top, left, side):
+    """One window by hand, zero outside the volume."""
+    channels, _, height, width = volume.shape
+    out = np.zeros((channels, side, side), volume.dtype)
+    for r in range(side):
+        for c in range(side):
+            yy, xx = top + r, left + c
+            if 0 <= yy < height and 0 <= xx < width:
+                out[:, r, c] = volume[:, z, yy, xx]
+    return out
+
+
+@pytest.fixture
+def cache(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = []
+    for n, shape in enumerate([(3, 30, 26), (2, 12, 40)]):
+        # every voxel holds a distinct value: any misplaced pixel shows
+        image = np.arange(4 * np.prod(shape), dtype=np.float32).reshape(4, *shape) % 2048
+        image += n * 0.5
+        label = rng.integers(0, 4, size=shape).astype(np.uint8)
+        write_case(tmp_path, f"c{n}", image, label, {"case_id": f"c{n}"})
+        ids.append(f"c{n}")
+    write_summary(
+        tmp_path, {"label_scheme": BRATS_2023.to_json(), "channels": list("abcd"), "cases": ids}
+    )
+    return Cache.open(tmp_path)
+
+
+def test_gather_windows_equals_naive_crops():
+    rng = np.random.default_rng(1)
+    volume = rng.normal(size=(2, 3, 15, 17)).astype(np.float16)
+    n = 50
+    z = rng.integers(0, 3, n)
+    top = rng.integers(-12, 14, n)
+    left = rng.integers(-12, 16, n)
+    got = gather_windows(volume, z, top, left, 9)
+    for i in range(n):
+        np.testing.assert_array_equal(got[i], naive_crop(volume, z[i], top[i], left[i], 9))
+
+
+@pytest.mark.parametrize("tile", [1, 4])
+@pytest.mark.parametrize("sizes", [(5,), (5, 9), (5, 8)])
+def test_batch_gather_equals_naive_crops(cache, sizes, tile):
+    geometry = PatchGeometry(sizes, tile)
+    centres = []
+    for case, (z, y, x) in enumerate([(3, 30, 26), (2, 12, 40)]):
+        for zz, yy, xx in [(0, 0, 0), (z - 1, y - 1, x - 1), (1, y // 2, x // 2), (0, 1, x - 2)]:
+            centres.append((case, zz, yy, xx))
+    centres = torch.tensor(centres)
+    volumes = MappedVolumes(cache, ["c0", "c1"])
+    tiles, labels = volumes.gather(centres, geometry)
+    images = [cache.case(c).image for c in ("c0", "c1")]
+    truth = [cache.case(c).label for c in ("c0", "c1")]
+    for i, (case, z, y, x) in enumerate(centres.tolist()):
+        k = tile
+        want_label = naive_crop(truth[case][None], z, y - k // 2, x - k // 2, k)[0]
+        np.testing.assert_array_equal(labels[i].numpy(), want_label)
+        inputs = geometry.crop_inputs(tiles[i : i + 1])
+        for size, got in zip(sizes, inputs, strict=True):
+            side = size + k - 1
+            # input i is centred on the label block: its pixel (s-1)//2 + j labels block pixel j
+            top = y - k // 2 - (size - 1) // 2
+            left = x - k // 2 - (size - 1) // 2
+            want = naive_crop(images[case], z, top, left, side).astype(np.float32)
+            np.testing.assert_array_equal(got[0].numpy(), want)
+
+    device = DeviceVolumes(cache, ["c0", "c1"], pad=geometry.side, device="cpu")
+    tiles2, labels2 = device.gather(centres, geometry)
+    torch.testing.assert_close(tiles2, tiles, rtol=0, atol=0)
+    torch.testing.assert_close(labels2, labels, rtol=0, atol=0)
+
+
+def test_dataloaders_yield_one_input_per_size(cache):
+    dls = patch_dataloaders(
+        cache, ["c0"], ["c1"], (5, 9), tile=1, bs=16, train_patches=40, valid_patches=20
+    )
+    assert dls.n_inp == 2
+    batches = list(dls.train)
+    assert len(batches) == len(dls.train) == 3
+    local, wide, label = batches[0]
+    assert local.shape == (16, 4, 5, 5) and wide.shape == (16, 4, 9, 9)
+    assert label.shape == (16, 1, 1) and label.dtype == torch.int64
+    # a new epoch draws new centres; validation centres stay fixed
+    first = dls.train.centres.copy()
+    list(dls.train)
+    assert not np.array_equal(first, dls.train.centres)
+    v1 = [b[-1] for b in dls.valid]
+    v2 = [b[-1] for b in dls.valid]
+    assert all(torch.equal(a, b) for a, b in zip(v1, v2, strict=True))
+    # validation centres come only from the validation case
+    assert set(dls.valid.centres[:, 0].tolist()) == {0}
+    assert dls.valid.sampler.case_ids == ["c1"]
+
+
+def test_ranks_draw_disjoint_shards(cache):
+    kw = dict(tile=1, bs=8, train_patches=40, valid_patches=8)
+    a = patch_dataloaders(cache, ["c0", "c1"], [], (5,), rank=0, world=2, **kw).train
+    b = patch_dataloaders(cache, ["c0", "c1"], [], (5,), rank=1, world=2, **kw).train
+    full = patch_dataloaders(cache, ["c0", "c1"], [], (5,), **kw).train
+    a.get_idxs(), b.get_idxs(), full.get_idxs()
+    np.testing.assert_array_equal(
+        np.concatenate([a.centres, b.centres]),
+        np.concatenate([full.centres[0::2], full.centres[1::2]]),
+    )
+    assert len(a) == 3
+
+
+def test_balanced_weights():
+    w = balanced_weights(np.array([90, 10, 0, 0]))
+    np.testing.assert_allclose(w.numpy(), [100 / 180, 100 / 20, 0, 0])

@@ -60,31 +60,46 @@ class PatchGeometry:
         return tuple(out)
 
 
-def gather_windows(volume: np.ndarray, z: np.ndarray, y0: np.ndarray, x0: np.ndarray, side: int):
+def gather_windows(
+    volume: np.ndarray,
+    z: np.ndarray,
+    y0: np.ndarray,
+    x0: np.ndarray,
+    side: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Windows ``volume[:, z, y0:y0+side, x0:x0+side]`` for every row at once, zero outside.
 
-    ``volume`` (C, Z, Y, X) (a memory map is fine); returns (n, C, side, side). Windows fully
-    inside are copied through a strided view; the others through clipped indices times an
-    in-bounds mask. No Python loop over windows.
+    ``volume`` (C, Z, Y, X) (a memory map is fine); returns (n, C, side, side), written into
+    ``out`` when given (any dtype: the values are cast on the way). Windows fully inside are
+    copied through a strided view; the others from a zero-padded copy of just the slices they
+    touch. No Python loop over windows.
     """
+    volume = np.asarray(volume)
     channels, _, height, width = volume.shape
-    out = np.zeros((len(z), channels, side, side), dtype=volume.dtype)
+    if out is None:
+        out = np.empty((len(z), channels, side, side), dtype=volume.dtype)
     inside = (y0 >= 0) & (x0 >= 0) & (y0 + side <= height) & (x0 + side <= width)
+    all_inside = bool(inside.all())
     if inside.any():
-        windows = sliding_window_view(np.asarray(volume), (side, side), axis=(2, 3))
-        out[inside] = windows[:, z[inside], y0[inside], x0[inside]].swapaxes(0, 1)
+        # (Z, Y', X', C, side, side): one fancy index copies a (C, side, side) block per row
+        windows = sliding_window_view(volume, (side, side), axis=(2, 3)).transpose(1, 2, 3, 0, 4, 5)
+        if all_inside:
+            out[...] = windows[z, y0, x0]
+            return out
+        out[inside] = windows[z[inside], y0[inside], x0[inside]]
+    # windows that cross the border: zero-pad just the slices they touch, just enough
     border = ~inside
-    if border.any():
-        steps = np.arange(side)
-        rows = y0[border, None] + steps
-        cols = x0[border, None] + steps
-        mask = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[
-            :, None, :
-        ]
-        rows = np.clip(rows, 0, height - 1)[:, :, None]
-        cols = np.clip(cols, 0, width - 1)[:, None, :]
-        values = np.asarray(volume)[:, z[border, None, None], rows, cols]  # (C, m, side, side)
-        out[border] = (values * mask).swapaxes(0, 1)
+    zb, yb, xb = z[border], y0[border], x0[border]
+    slices, slice_of_row = np.unique(zb, return_inverse=True)
+    low = max(0, int(-yb.min()), int(-xb.min()))
+    high = max(0, int((yb + side - height).max()), int((xb + side - width).max()))
+    canvas = np.zeros(
+        (channels, len(slices), height + low + high, width + low + high), dtype=volume.dtype
+    )
+    canvas[:, :, low : low + height, low : low + width] = volume[:, slices]
+    windows = sliding_window_view(canvas, (side, side), axis=(2, 3)).transpose(1, 2, 3, 0, 4, 5)
+    out[border] = windows[slice_of_row, yb + low, xb + low]
     return out
 
 
@@ -98,20 +113,25 @@ class MappedVolumes:
         self.channels = self.images[0].shape[0]
 
     def gather(self, centres: torch.Tensor, geometry: PatchGeometry):
-        """(B, 4) centres → tiles (B, C, T, T) float32, labels (B, k, k) int64 (CPU tensors)."""
+        """(B, 4) centres → tiles (B, C, T, T) float32, labels (B, k, k) int64 (CPU tensors).
+
+        Rows are grouped by case (one vectorised gather per case present), so the batch
+        comes back ordered by case; centres and labels stay paired.
+        """
         rows = centres.cpu().numpy()
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
         side, k = geometry.side, geometry.tile
-        tiles = np.empty((len(rows), self.channels, side, side), dtype=np.float16)
-        labels = np.empty((len(rows), k, k), dtype=np.uint8)
-        case = rows[:, 0]
-        for i in np.unique(case):  # one vectorised gather per case present in the batch
-            sel = case == i
-            z, y, x = rows[sel, 1], rows[sel, 2], rows[sel, 3]
-            top, left = y - geometry.corner_shift, x - geometry.corner_shift
-            tiles[sel] = gather_windows(self.images[i], z, top, left, side)
+        tiles = np.empty((len(rows), self.channels, side, side), dtype=self.images[0].dtype)
+        labels = np.empty((len(rows), 1, k, k), dtype=np.uint8)
+        cases, starts = np.unique(rows[:, 0], return_index=True)
+        ends = np.append(starts[1:], len(rows))
+        for i, a, b in zip(cases, starts, ends, strict=True):
+            z, y, x = rows[a:b, 1], rows[a:b, 2], rows[a:b, 3]
+            shift = geometry.corner_shift
+            gather_windows(self.images[i], z, y - shift, x - shift, side, out=tiles[a:b])
             label = self.labels[i][None]
-            labels[sel] = gather_windows(label, z, y - k // 2, x - k // 2, k)[:, 0]
-        return torch.from_numpy(tiles).float(), torch.from_numpy(labels).long()
+            gather_windows(label, z, y - k // 2, x - k // 2, k, out=labels[a:b])
+        return torch.from_numpy(tiles).float(), torch.from_numpy(labels[:, 0]).long()
 
 
 class DeviceVolumes:

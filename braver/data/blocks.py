@@ -8,9 +8,10 @@ cache on the CPU (``MappedVolumes``), or from volumes kept on the GPU (``DeviceV
 
 Geometry. A model takes input ``i`` of side ``input_sizes[i] + k - 1`` and labels ``k x k``
 pixels (``k = 1`` is the paper's patch mode). One tile of side ``T = max(input_sizes) + k - 1``
-is gathered per centre; its ``k x k`` label block starts ``(max(input_sizes) - 1) // 2`` pixels
-in, and the centre pixel ``(y, x)`` is the block's element ``(k // 2, k // 2)``. Smaller inputs
-are centre crops of the tile. Everything outside the cached volume reads as 0 (the cache
+is gathered per centre; its ``k x k`` label block starts ``max(input_sizes) // 2`` pixels in,
+and the centre pixel ``(y, x)`` is the block's element ``(k // 2, k // 2)``. Input ``i`` is the
+crop starting ``M // 2 - s // 2`` in (``braver.models.crop_inputs``: a patch of side ``s``
+covers ``[c - s // 2, c - s // 2 + s)`` around its centre ``c``). Everything outside the cached volume reads as 0 (the cache
 is zero outside the foreground), so centres near borders are padded, never dropped.
 """
 
@@ -43,7 +44,7 @@ class PatchGeometry:
     @property
     def label_offset(self) -> int:
         """Offset of the label block inside the tile (rows and columns)."""
-        return (max(self.input_sizes) - 1) // 2
+        return max(self.input_sizes) // 2
 
     @property
     def corner_shift(self) -> int:
@@ -55,7 +56,7 @@ class PatchGeometry:
         out = []
         for size in self.input_sizes:
             side = size + self.tile - 1
-            start = self.label_offset - (size - 1) // 2
+            start = self.label_offset - size // 2
             out.append(tiles[..., start : start + side, start : start + side])
         return tuple(out)
 

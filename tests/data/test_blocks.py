@@ -75,9 +75,9 @@ def test_batch_gather_equals_naive_crops(cache, sizes, tile):
         inputs = geometry.crop_inputs(tiles[i : i + 1])
         for size, got in zip(sizes, inputs, strict=True):
             side = size + k - 1
-            # input i is centred on the label block: its pixel (s-1)//2 + j labels block pixel j
-            top = y - k // 2 - (size - 1) // 2
-            left = x - k // 2 - (size - 1) // 2
+            # input i is centred on the label block: its pixel s//2 + j labels block pixel j
+            top = y - k // 2 - size // 2
+            left = x - k // 2 - size // 2
             want = naive_crop(images[case], z, top, left, side).astype(np.float32)
             np.testing.assert_array_equal(got[0].numpy(), want)
 
@@ -125,3 +125,13 @@ def test_ranks_draw_disjoint_shards(cache):
 def test_balanced_weights():
     w = balanced_weights(np.array([90, 10, 0, 0]))
     np.testing.assert_allclose(w.numpy(), [100 / 180, 100 / 20, 0, 0])
+
+
+def test_crops_match_the_models_convention():
+    from braver.models import create_model, crop_inputs
+
+    model = create_model("local_cascade", dropout=0.0)
+    geometry = PatchGeometry(model.input_sizes, 3)
+    tiles = torch.randn(2, 4, geometry.side, geometry.side)
+    for ours, theirs in zip(geometry.crop_inputs(tiles), crop_inputs(model, tiles), strict=True):
+        torch.testing.assert_close(ours, theirs)

@@ -248,9 +248,11 @@ class PatchDL(TfmdDL):
         rank: int = 0,
         world: int = 1,
         device=None,
+        class_weighting: bool = False,
         **kwargs,
     ):
         self.sampler, self.sampling, self.seed, self.fixed = sampler, sampling, seed, fixed
+        self.class_weighting = class_weighting
         self.rank, self.world, self.epoch = rank, world, 0
         self.centres: np.ndarray | None = None
         self.class_weights: torch.Tensor | None = None
@@ -288,6 +290,9 @@ class PatchDL(TfmdDL):
             self.centres = self.draw(0 if self.fixed else self.epoch)
             if not self.fixed:
                 self.epoch += 1
+            self.class_weights = (
+                balanced_weights(self.label_histogram()) if self.class_weighting else None
+            )
         return list(range(0, len(self.centres), self.bs))
 
     def sample(self):
@@ -303,6 +308,8 @@ class PatchDL(TfmdDL):
     def one_batch(self):
         if self.centres is None:
             self.get_idxs()
+            if not self.fixed:  # a peek: the first epoch still draws its own centres
+                self.epoch -= 1
         batch = torch.from_numpy(self.centres[: self.bs])
         if self.device is not None:
             batch = batch.to(self.device)
@@ -311,15 +318,10 @@ class PatchDL(TfmdDL):
     def label_histogram(self) -> np.ndarray:
         """Pixel counts per class over this epoch's label blocks (for tile-mode weights)."""
         counts = np.zeros(self.sampler.num_classes, dtype=np.int64)
-        geometry = PatchGeometry(self.gather.geometry.input_sizes, self.gather.geometry.tile)
-        label_only = PatchGeometry((1,), geometry.tile)
-        volumes = self.gather.volumes
+        label_only = PatchGeometry((1,), self.gather.geometry.tile)
         for start in range(0, len(self.centres), 4096):
             chunk = torch.from_numpy(self.centres[start : start + 4096])
-            if isinstance(volumes, MappedVolumes):
-                _, labels = volumes.gather(chunk, label_only)
-            else:
-                _, labels = volumes.gather(chunk, label_only)
+            _, labels = self.gather.volumes.gather(chunk, label_only)
             counts += np.bincount(
                 labels.reshape(-1).cpu().numpy(), minlength=self.sampler.num_classes
             )[: self.sampler.num_classes]
@@ -361,6 +363,7 @@ def patch_dataloaders(
     on_device: bool = True,
     rank: int = 0,
     world: int = 1,
+    class_weighting: bool = False,
 ) -> DataLoaders:
     """fastai ``DataLoaders`` of multi-scale patch batches, split by case.
 
@@ -381,6 +384,7 @@ def patch_dataloaders(
         rank=rank,
         world=world,
         device=device,
+        class_weighting=class_weighting,
     )
     loaders = [train]
     if valid_cases:
@@ -398,15 +402,24 @@ def patch_dataloaders(
                 rank=rank,
                 world=world,
                 device=device,
+                class_weighting=class_weighting,
             )
         )
     return DataLoaders(*loaders, device=device)
 
 
-def set_sampling(dls: DataLoaders, sampling: str, n: int | None = None) -> None:
-    """Switch every loader to ``sampling`` (and the train loader to ``n`` centres per epoch)."""
+def set_sampling(
+    dls: DataLoaders,
+    sampling: str,
+    n: int | None = None,
+    class_weighting: bool | None = None,
+) -> None:
+    """Switch every loader to ``sampling`` (the train loader to ``n`` centres per epoch) and
+    turn tile-mode class weighting on or off."""
     for i, dl in enumerate(dls.loaders):
         if dl.sampling != sampling:
             dl.sampling, dl.centres = sampling, None
+        if class_weighting is not None and dl.class_weighting != class_weighting:
+            dl.class_weighting, dl.centres = class_weighting, None
         if i == 0 and n is not None:
             dl.n = n

@@ -79,20 +79,31 @@ class _ConvGradsByConvolutions(torch.autograd.Function):
 
 
 def _conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(self.kernel_size):  # one output pixel: the layer's own path
+        return type(self).forward(self, x)
     return _ConvGradsByConvolutions.apply(x, self.weight, self.bias)
+
+
+def _plain_convolution_types() -> tuple[type, ...]:
+    """Layer types whose forward is a plain convolution (whatever path they take for it)."""
+    from braver.models import layers
+
+    return (nn.Conv2d, *[t for t in (getattr(layers, "OutputConv", None),) if t is not None])
 
 
 def fast_conv_backward(model: nn.Module) -> list[str]:
     """Give the plain valid convolutions of ``model`` the faster CPU backward (same values).
 
-    Only modules whose type is exactly ``nn.Conv2d`` with stride 1, no padding, no dilation and
-    one group are changed (their ``forward`` on the instance); weights and state dict are
-    untouched. Returns the names of the layers changed.
+    Only plain convolutions (``nn.Conv2d`` and the models' ``OutputConv``; not ``Maxout``, whose
+    forward does more) with stride 1, no padding, no dilation and one group are changed (their
+    ``forward`` on the instance); weights and state dict are untouched. Returns the names of
+    the layers changed.
     """
     changed = []
+    plain = _plain_convolution_types()
     for name, module in model.named_modules():
         if (
-            type(module) is nn.Conv2d
+            type(module) in plain
             and module.stride == (1, 1)
             and module.padding == (0, 0)
             and module.dilation == (1, 1)

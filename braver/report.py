@@ -110,10 +110,13 @@ def write_table(
     summary_rows: Sequence[dict] = (),
     json_data: Any = None,
     console: Console | None = None,
+    column_groups: dict[str, Sequence[str]] | None = None,
 ) -> tuple[Path, Path]:
     """Print ``rows`` as a rich table and write ``folder/stem.csv`` and ``folder/stem.json``.
 
     ``summary_rows`` (e.g. mean/std/median) are printed after a rule and appended to the CSV.
+    ``column_groups`` ({title: columns}) prints one narrower table per group instead, each
+    led by the columns that belong to no group (e.g. ``case``); the files keep every column.
     The JSON holds the list of rows, or ``{"rows": …, "summary": …}`` with summary rows, or
     ``json_data`` when given. Both files are written atomically. Returns their paths.
     """
@@ -121,7 +124,17 @@ def write_table(
     folder.mkdir(parents=True, exist_ok=True)
     if console is None:
         console = Console()
-    console.print(rich_table(rows, title, summary_rows))
+    if column_groups:
+        grouped = {c for columns in column_groups.values() for c in columns}
+        lead = [c for c in columns_of([*rows, *summary_rows]) if c not in grouped]
+        for group, columns in column_groups.items():
+            keep = [*lead, *columns]
+            part = [{k: r[k] for k in keep if k in r} for r in rows]
+            part_summary = [{k: r[k] for k in keep if k in r} for r in summary_rows]
+            heading = f"{title} — {group}" if title else group
+            console.print(rich_table(part, heading, part_summary))
+    else:
+        console.print(rich_table(rows, title, summary_rows))
     csv_path = write_text(folder / f"{stem}.csv", csv_text([*rows, *summary_rows]))
     if json_data is None:
         json_data = (
@@ -203,8 +216,13 @@ def plot_overlay(
 
     figure = _figure(3.2 * len(panels), 3.6)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    # outside the foreground the image is 0 (cache) or air: draw it black, not mid-grey
+    from matplotlib import colormaps
+
+    shown = np.ma.masked_equal(image, 0)
+    grey = colormaps["gray"].with_extremes(bad="black")
     for ax, (name, classes) in zip(axes, panels, strict=True):
-        ax.imshow(image, cmap="gray", vmin=low, vmax=high, origin="lower", aspect=aspect)
+        ax.imshow(shown, cmap=grey, vmin=low, vmax=high, origin="lower", aspect=aspect)
         if classes is not None:
             ax.imshow(_colour_overlay(np.asarray(classes)), origin="lower", aspect=aspect)
         ax.set_title(name, fontsize=10)

@@ -1,0 +1,291 @@
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from braver.data.cache import Cache
+from braver.data.formats import discover
+from braver.data.labels import BRATS_2021, LIVER
+from braver.data.phantoms import synth_brain
+from braver.data.preprocess import PrepareSettings, prepare_dataset
+from braver.errors import BraverError
+from braver.inference import (
+    canonical_zyx,
+    clean_components,
+    evaluate_cached_cases,
+    predict_case,
+    predict_volume,
+    resolve_device,
+    score_segmentation,
+)
+from braver.metrics import metric_names, region_scores, worst_hd95_mm
+from braver.models import create_model, crop_inputs
+from braver.runs import RunInfo
+
+# an untrained network whose output biases make it call every computed pixel edema (class 2)
+EDEMA_PRIOR = [0.001, 0.001, 0.997, 0.001]
+
+
+def random_image(rng, shape=(4, 3, 22, 19)):
+    """A (C, Z, Y, X) image that is 0 outside a box, as the cache is outside the foreground."""
+    image = np.zeros(shape, np.float32)
+    image[:, :, 3:19, 2:16] = rng.standard_normal((shape[0], shape[1], 16, 14))
+    return image
+
+
+def patch_probabilities(model, image, z, y, x):
+    """Softmax of the model on the patch around each (z, y, x): the paper's per-pixel mode."""
+    side = max(model.input_sizes)
+    before = side // 2  # a patch of side s centred on c covers [c - s//2, c - s//2 + s)
+    padded = np.pad(
+        image, ((0, 0), (0, 0), (before, side - 1 - before), (before, side - 1 - before))
+    )
+    patches = np.stack(
+        [padded[:, k, i : i + side, j : j + side] for k, i, j in zip(z, y, x, strict=True)]
+    )
+    with torch.no_grad():
+        logits = model(*crop_inputs(model, torch.from_numpy(patches)))
+    return torch.softmax(logits, dim=1)[:, :, 0, 0].numpy()
+
+
+@pytest.mark.parametrize("name", ["twopath", "input_cascade", "local_cascade", "mf_cascade"])
+def test_dense_volume_equals_per_patch_predictions(name, rng):
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=4, num_classes=4, init_range=0.1).eval()
+    image = random_image(rng)
+    probs = predict_volume(model, image, batch_size=2)
+    assert probs.shape == (4, 3, 22, 19) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    # sampled pixels: inside the foreground, on its border and in the zero surround
+    z = rng.integers(0, 3, 24)
+    y = np.concatenate([rng.integers(3, 19, 14), [3, 18, 0, 21, 10, 0, 21, 5, 12, 3]])
+    x = np.concatenate([rng.integers(2, 16, 14), [2, 15, 0, 18, 0, 18, 9, 1, 17, 15]])
+    expected = patch_probabilities(model, image, z, y, x)
+    inside = (y >= 3) & (y < 19) & (x >= 2) & (x < 16)
+    assert np.abs(probs[:, z, y, x].T[inside] - expected[inside]).max() < 1e-4
+    # outside the foreground box nothing is run: background with probability 1
+    assert (probs[0, :, :3] == 1).all() and (probs[0, :, :, 16:] == 1).all()
+    if name != "twopath":
+        return
+    # without the crop every pixel is run and equals its patch as well
+    full = predict_volume(model, image, batch_size=3, crop_to_foreground=False)
+    assert np.abs(full[:, z, y, x].T - expected).max() < 1e-4
+    assert np.abs(full[:, :, 3:19, 2:16] - probs[:, :, 3:19, 2:16]).max() < 1e-4
+
+
+def test_empty_slices_are_skipped_and_progress_reported(rng):
+    model = create_model("twopath", in_channels=2, num_classes=3)
+    image = random_image(rng, (2, 5, 22, 19))
+    image[:, 1] = 0
+    image[:, 4] = 0
+    calls = []
+    model.train()
+    probs = predict_volume(model, image, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(2, 3), (3, 3)]  # three slices with foreground, in batches of two
+    assert (probs[0, [1, 4]] == 1).all() and (probs[1:, [1, 4]] == 0).all()
+    assert model.training  # the caller's mode is restored
+    blank = predict_volume(model, np.zeros((2, 2, 8, 8), np.float32))
+    assert blank.shape == (3, 2, 8, 8) and (blank[0] == 1).all()
+
+
+def test_flip_tta_averages_the_mirrored_prediction(rng):
+    torch.manual_seed(1)
+    model = create_model("twopath", in_channels=4, num_classes=4, init_range=0.1)
+    image = random_image(rng)
+    plain = predict_volume(model, image)
+    mirrored = predict_volume(model, image[..., ::-1].copy())[..., ::-1]
+    tta = predict_volume(model, image, tta=True)
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+    assert np.abs(tta - plain).max() > 1e-3  # the flip does change something
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(BraverError, match="unknown device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(BraverError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+# --- connected components -----------------------------------------------------------------------
+
+
+def test_small_tumour_components_are_removed():
+    classes = np.zeros((10, 12, 12), np.uint8)
+    classes[1:5, 1:5, 1:5] = 2  # 64 voxels
+    classes[2:4, 2:4, 2:4] = 3  # enhancing inside: same component
+    classes[7:9, 8:10, 8:9] = 1  # 4 voxels
+    classes[9, 11, 11] = 3  # 1 voxel, touches nothing
+    cleaned = clean_components(classes, BRATS_2021, min_size=5)
+    assert (cleaned[1:5, 1:5, 1:5] == classes[1:5, 1:5, 1:5]).all()
+    assert cleaned[7:, 8:, 8:].sum() == 0
+    assert (clean_components(classes, BRATS_2021) == classes).all()  # nothing asked, nothing done
+    assert classes[9, 11, 11] == 3  # the input is not changed
+
+
+def test_diagonal_neighbours_are_one_component():
+    classes = np.zeros((4, 4, 4), np.uint8)
+    classes[0, 0, 0] = classes[1, 1, 1] = classes[2, 2, 2] = 2  # corner-connected chain of 3
+    assert (clean_components(classes, BRATS_2021, min_size=3) == classes).all()
+    assert clean_components(classes, BRATS_2021, min_size=4).sum() == 0
+
+
+def test_liver_keeps_its_largest_component_and_absorbs_small_tumours():
+    classes = np.zeros((8, 10, 10), np.uint8)
+    classes[1:7, 1:6, 1:6] = 1  # liver, 150 voxels
+    classes[3:5, 2:4, 2:4] = 2  # tumour of 8 voxels inside
+    classes[5, 4, 5] = 2  # 1-voxel tumour inside, two voxels from the other along x
+    classes[1:3, 8:10, 8:10] = 1  # stray liver blob, 8 voxels
+    cleaned = clean_components(classes, LIVER, min_size=3)
+    assert cleaned[1:3, 8:10, 8:10].sum() == 0  # stray blob gone
+    assert (cleaned[3:5, 2:4, 2:4] == 2).all()  # big tumour kept
+    assert cleaned[2, 3, 4] == 1  # small tumour became liver
+    kept = clean_components(classes, LIVER, keep_largest=False)
+    assert (kept == classes).all()
+
+
+# --- raw cases in, NIfTI out --------------------------------------------------------------------
+
+# file axes: i → posterior (−y), j → superior (+z), k → left (−x); anisotropic voxels
+PERMUTED_AFFINE = np.array(
+    [
+        [0.0, 0.0, -1.2, 30.0],
+        [-0.9, 0.0, 0.0, 12.0],
+        [0.0, 2.5, 0.0, -20.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+FILE_SHAPE = (20, 12, 16)
+FOREGROUND = (slice(3, 11), slice(2, 9), slice(5, 14))  # in file (i, j, k) coordinates
+
+
+def write_case(folder, rng, label=True):
+    """One BraTS-2021-style case whose image is non-zero only in FOREGROUND (file grid)."""
+    case = folder / "Case_001"
+    case.mkdir(parents=True)
+    for key in ("t1", "t1ce", "t2", "flair"):
+        data = np.zeros(FILE_SHAPE, np.float32)
+        data[FOREGROUND] = rng.uniform(100, 200, size=data[FOREGROUND].shape)
+        nib.save(nib.Nifti1Image(data, PERMUTED_AFFINE), case / f"Case_001_{key}.nii.gz")
+    if label:
+        seg = np.zeros(FILE_SHAPE, np.uint8)
+        seg[5:9, 4:7, 7:12] = 2
+        seg[6:8, 5:6, 8:10] = 4
+        nib.save(nib.Nifti1Image(seg, PERMUTED_AFFINE), case / "Case_001_seg.nii.gz")
+    return case
+
+
+def edema_run(**extra):
+    model = create_model("twopath", in_channels=4, num_classes=4, class_frequencies=EDEMA_PRIOR)
+    info = RunInfo(
+        kind="brain",
+        model=model.config,
+        label_scheme=BRATS_2021.to_json(),
+        channels=["t1", "t1c", "t2", "flair"],
+        prepare=PrepareSettings().to_dict(),
+        **extra,
+    )
+    return model, info
+
+
+def test_predict_case_writes_the_inputs_geometry(tmp_path, rng):
+    case_folder = write_case(tmp_path / "data", rng)
+    (case,) = discover(tmp_path / "data").cases
+    model, info = edema_run()
+    result = predict_case(model, info, case, out_dir=tmp_path / "out", probabilities=True)
+    seg_path, prob_path = result.written
+    assert seg_path.name == "Case_001_seg.nii.gz"
+
+    # nibabel: same shape and affine; edema (2) exactly on the foreground, 0 elsewhere
+    seg = nib.load(seg_path)
+    assert seg.shape == FILE_SHAPE
+    np.testing.assert_allclose(seg.affine, PERMUTED_AFFINE, atol=1e-5)
+    data = np.asarray(seg.dataobj)
+    expected = np.zeros(FILE_SHAPE, np.uint8)
+    expected[FOREGROUND] = 2
+    assert (data == expected).all()
+    assert (data == result.segmentation).all()
+
+    # SimpleITK reads the same grid as it reads the input image
+    out_itk = sitk.ReadImage(str(seg_path))
+    in_itk = sitk.ReadImage(str(case_folder / "Case_001_flair.nii.gz"))
+    assert out_itk.GetSize() == in_itk.GetSize() == FILE_SHAPE
+    np.testing.assert_allclose(out_itk.GetOrigin(), in_itk.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(out_itk.GetDirection(), in_itk.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(out_itk.GetSpacing(), in_itk.GetSpacing(), atol=1e-5)
+    assert set(np.unique(sitk.GetArrayFromImage(out_itk)).tolist()) == {0, 2}
+
+    # probabilities: (X, Y, Z, K) float32, background 1 outside the foreground
+    probs = nib.load(prob_path)
+    assert probs.shape == (*FILE_SHAPE, 4) and probs.get_data_dtype() == np.float32
+    values = probs.get_fdata()
+    np.testing.assert_allclose(values.sum(axis=-1), 1.0, atol=1e-5)
+    assert (values[..., 0][expected == 0] == 1).all()
+    assert (values[..., 2][expected == 2] > 0.9).all()
+
+
+def test_predict_case_refuses_other_channels(tmp_path, rng):
+    write_case(tmp_path / "data", rng)
+    (case,) = discover(tmp_path / "data").cases
+    model = create_model("twopath", in_channels=1, num_classes=3)
+    info = RunInfo("liver", model.config, LIVER.to_json(), ["ct"])
+    with pytest.raises(BraverError, match="channel"):
+        predict_case(model, info, case)
+
+
+def test_score_segmentation_in_the_file_grid(tmp_path, rng):
+    write_case(tmp_path / "data", rng)
+    (case,) = discover(tmp_path / "data").cases
+    truth = np.asarray(nib.load(case.label).dataobj)
+    pred = np.where(truth == 4, 2, truth).astype(np.uint8)  # enhancing missed, called edema
+    scored = score_segmentation(case, pred)
+    spacing = (0.9, 2.5, 1.2)  # along the file's i, j, k
+    classes = BRATS_2021.to_classes(truth)
+    expected = region_scores(BRATS_2021.to_classes(pred), classes, BRATS_2021, spacing)
+    assert scored.row.pop("case") == "Case_001"
+    assert scored.row == pytest.approx(expected)  # the file stores the spacing as float32
+    assert scored.row["whole_tumor_dice"] == 1.0
+    assert scored.row["enhancing_tumor_hd95_mm"] == pytest.approx(
+        worst_hd95_mm(FILE_SHAPE, spacing)
+    )
+    # overlays get the canonical (Z, Y, X) grid: superior is file axis j, anterior is −i
+    canonical, spacing_zyx = canonical_zyx(classes, PERMUTED_AFFINE)
+    assert (scored.truth_zyx == canonical).all()
+    assert canonical.shape == (12, 20, 16) and spacing_zyx == pytest.approx((2.5, 0.9, 1.2))
+    assert scored.image_zyx.shape == canonical.shape
+
+    with pytest.raises(BraverError, match="has shape"):
+        score_segmentation(case, pred[:-1])
+    with pytest.raises(BraverError, match="missing"):
+        score_segmentation(case, tmp_path / "nowhere_seg.nii.gz")
+    with pytest.raises(BraverError, match="unexpected label values"):
+        score_segmentation(case, np.full(FILE_SHAPE, 3, np.uint8))
+
+
+# --- cached validation cases --------------------------------------------------------------------
+
+
+def test_evaluate_cached_cases_scores_whole_volumes(tmp_path):
+    synth_brain(tmp_path / "data", cases=2, seed=3, shape=(28, 30, 16))
+    prepare_dataset(tmp_path / "data", tmp_path / "cache", progress=False)
+    cache = Cache.open(tmp_path / "cache")
+    model, _ = edema_run()
+    seen = []
+    rows = evaluate_cached_cases(model, cache, cache.case_ids, "cpu", on_case=seen.append)
+    assert [r["case"] for r in rows] == cache.case_ids
+    assert list(rows[0]) == ["case", *metric_names(BRATS_2021)]
+    for row, scored in zip(rows, seen, strict=True):
+        case = cache.case(row["case"])
+        probs = predict_volume(model, case.image)
+        spacing = case.meta["spacing_zyx"]
+        worst = worst_hd95_mm(case.meta["canonical_shape_zyx"], spacing)
+        expected = region_scores(
+            probs.argmax(0), np.asarray(case.label), BRATS_2021, spacing, worst_hd95=worst
+        )
+        assert row == {"case": case.case_id, **expected}
+        assert row["whole_tumor_sensitivity"] == 1.0  # edema everywhere in the brain
+        assert row["enhancing_tumor_hd95_mm"] == pytest.approx(worst)  # never predicted
+        assert scored.image_zyx.shape == scored.truth_zyx.shape == case.label.shape

@@ -174,6 +174,8 @@ def train_from_recipe(
     if progress is None:
         progress = console is not None and console.is_terminal
     started = time.time()
+    if wandb and dist.main:
+        _require_wandb()
 
     state: dict[str, Any] = {"finished": [], "phase": None, "epochs_done": 0}
     if resume is not None:
@@ -433,15 +435,20 @@ def _check_device(device: str) -> str:
     return device
 
 
-def _start_wandb(folder: Path, recipe: Recipe):
+def _require_wandb() -> None:
     try:
-        import wandb
+        import wandb  # noqa: F401
     except ImportError:
         raise BraverError(
             "--wandb needs the wandb package, which is not installed",
             None,
-            "pip install 'braver[wandb]' (WANDB_MODE=offline works without an account)",
+            "pip install wandb, or braver with its wandb extra (WANDB_MODE=offline needs no account)",
         ) from None
+
+
+def _start_wandb(folder: Path, recipe: Recipe):
+    import wandb
+
     return wandb.init(
         project=os.environ.get("WANDB_PROJECT", "braver"),
         name=folder.name,

@@ -526,7 +526,7 @@ def discover(root: str | Path, format: str | None = None) -> Dataset:
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise BraverError("does not exist", root, "check the path given to --data")
+        raise BraverError("does not exist", root, "check the dataset path")
     if format is not None and format not in LAYOUTS:
         raise BraverError(
             f"unknown dataset format {format!r}", None, f"choose one of {', '.join(FORMATS)}"

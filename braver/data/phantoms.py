@@ -43,6 +43,8 @@ from braver.data.io import save_nifti
 from braver.errors import BraverError
 
 PHANTOM_VERSION = 1
+# bumped whenever the generated arrays change, so default_phantom_cache rebuilds stale copies
+PHANTOM_REVISION = 3
 BRAIN_SHAPE = (128, 128, 64)  # (X, Y, Z) voxels of 1 mm
 LIVER_SHAPE = (128, 128, 48)  # (X, Y, Z) voxels over a 360 x 360 x 160 mm field of view
 LIVER_FOV_MM = (360.0, 360.0, 160.0)
@@ -63,11 +65,11 @@ _BRAIN_CONTRAST = np.array(
         [0.62, 0.64, 0.62, 0.62],  # grey matter
         [0.86, 0.87, 0.42, 0.50],  # white matter
         [0.70, 0.71, 0.52, 0.56],  # deep grey nuclei
-        [0.58, 0.60, 0.84, 0.94],  # edema: FLAIR bright, T2 bright
-        [0.64, 1.22, 0.72, 0.78],  # enhancing rim: T1c bright
+        [0.58, 0.60, 0.90, 0.94],  # edema: FLAIR bright, T2 bright
+        [0.64, 1.45, 0.72, 0.78],  # enhancing rim: T1c bright
         [0.30, 0.36, 0.95, 0.52],  # necrosis: dark T1/T1c, bright T2
         [0.50, 0.53, 0.82, 0.86],  # non-enhancing core: close to edema
-        [0.60, 1.15, 0.45, 0.55],  # enhancing vessel / choroid plexus (label 0)
+        [0.60, 1.35, 0.45, 0.55],  # enhancing vessel / choroid plexus (label 0)
         [0.80, 0.82, 0.74, 0.88],  # small white-matter lesion, FLAIR bright (label 0)
     ],
     dtype=np.float32,
@@ -336,7 +338,7 @@ def _add_tumour(tissue, tumour_any, coords, r, brain, ax, ay, az, zc, rng, shape
         slab = -(shape[2] - 1) / 2 + 4 <= center[2] <= (shape[2] - 1) / 2 - 4
         if rel < 0.75 and slab:
             break
-    edema_radius = scale * rng.uniform(0.22, 0.45)
+    edema_radius = scale * rng.uniform(0.15, 0.45)
     edema_axes = (edema_radius * rng.uniform(0.7, 1.3, size=3)).astype(f32)
     core_axes = (edema_axes * rng.uniform(0.45, 0.75)).astype(f32) * rng.uniform(
         0.8, 1.2, size=3
@@ -526,8 +528,8 @@ def liver_phantom(
             value = liver_hu - rng.uniform(25, 65)  # hypodense lesion
         texture = smooth_field(d.shape, rng, [3, 3, 3])
         sub_hu[tumour] = value + 8 * texture[tumour]
-        if rng.random() < 0.35:  # rim enhancement
-            sub_hu[tumour & (d > 0.8)] = liver_hu + rng.uniform(5, 30)
+        if radius > 12 and rng.random() < 0.35:  # rim enhancement of larger lesions
+            sub_hu[tumour & (d > 0.85)] = liver_hu + rng.uniform(5, 30)
         label[box][tumour] = 2
 
     # scanner table below the body (a separate component), then correlated noise
@@ -646,15 +648,20 @@ def synth_liver(
     return Path(out)
 
 
-def _write_description(folder: Path, kind: str, cases: int, seed: int, shape) -> None:
-    description = {
+def _description(kind: str, cases: int, seed: int, shape) -> dict:
+    return {
         "generator": "braver.data.phantoms",
         "kind": kind,
         "version": PHANTOM_VERSION,
+        "revision": PHANTOM_REVISION,
         "cases": cases,
         "seed": seed,
         "shape_xyz": list(shape),
     }
+
+
+def _write_description(folder: Path, kind: str, cases: int, seed: int, shape) -> None:
+    description = _description(kind, cases, seed, shape)
     (folder / "phantom.json").write_text(json.dumps(description, indent=2) + "\n")
 
 
@@ -693,12 +700,12 @@ def default_phantom_cache(kind: str = "brain", progress: bool = True) -> tuple[P
     spec = DEFAULT_BRAIN if kind == "brain" else DEFAULT_LIVER
     base = cache_root() / "phantoms" / f"{kind}-v{PHANTOM_VERSION}"
     dataset, cache = base / "dataset", base / "cache"
-    if _cache_complete(cache, spec["cases"]):
+    expected = _description(kind, spec["cases"], spec["seed"], spec["shape"])
+    if _dataset_matches(dataset, expected) and _cache_complete(cache, spec["cases"]):
         return dataset, cache
     with _locked(base.parent / f".{kind}-v{PHANTOM_VERSION}.lock"):
-        if _cache_complete(cache, spec["cases"]):  # another process made it meanwhile
-            return dataset, cache
-        if not (dataset / "phantom.json").exists():
+        # another process may have made it meanwhile; prepare skips what is up to date
+        if not _dataset_matches(dataset, expected):
             synth = synth_brain if kind == "brain" else synth_liver
             synth(
                 dataset,
@@ -717,6 +724,13 @@ def default_phantom_cache(kind: str = "brain", progress: bool = True) -> tuple[P
                 "delete the folder and try again",
             )
     return dataset, cache
+
+
+def _dataset_matches(dataset: Path, expected: dict) -> bool:
+    try:
+        return json.loads((dataset / "phantom.json").read_text()) == expected
+    except (OSError, ValueError):
+        return False
 
 
 def _cache_complete(cache: Path, cases: int) -> bool:

@@ -1,0 +1,212 @@
+"""`braver data synth|inspect|prepare` through Typer's CliRunner: results and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from braver.cli.data import FORMAT_NAMES
+from braver.cli.main import app
+from braver.data.formats import FORMATS
+
+runner = CliRunner()
+TINY = "20x20x16"
+
+
+def invoke(*args):
+    return runner.invoke(app, ["data", *map(str, args)], env={"COLUMNS": "160"})
+
+
+def assert_clean_error(result, *fragments):
+    """Exit code 2, one 'error:' sentence containing every fragment, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "error:" in result.output
+    text = " ".join(result.output.split())
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+
+
+@pytest.fixture
+def brain(tmp_path):
+    result = invoke(
+        "synth", "brain", tmp_path / "brain", "--cases", 2, "--seed", 4, "--shape", TINY
+    )
+    assert result.exit_code == 0, result.output
+    return tmp_path / "brain"
+
+
+def case_file(root, index, key):
+    case = f"PhantomBrain_{index:05d}"
+    return root / case / f"{case}_{key}.nii.gz"
+
+
+def rewrite(path, data):
+    image = nib.load(str(path))
+    nib.save(nib.Nifti1Image(data, image.affine), str(path))
+
+
+def test_cli_formats_match_the_library():
+    assert FORMAT_NAMES == FORMATS
+
+
+def test_synth_inspect_prepare(brain, tmp_path):
+    assert (brain / "phantom.json").exists()
+    result = invoke("inspect", brain, "--png", tmp_path / "montage.png")
+    assert result.exit_code == 0, result.output
+    assert "PhantomBrain_00000" in result.output and "LPS" in result.output
+    assert "class balance" in result.output and "enhancing" in result.output
+    assert (tmp_path / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    result = invoke("prepare", brain, "--out", tmp_path / "cache", "--workers", 2)
+    assert result.exit_code == 0, result.output
+    assert "2 prepared" in result.output
+    summary = json.loads((tmp_path / "cache" / "summary.json").read_text())
+    assert summary["cases"] == ["PhantomBrain_00000", "PhantomBrain_00001"]
+
+    again = invoke("prepare", brain, "--out", tmp_path / "cache")
+    assert again.exit_code == 0 and "2 up to date" in again.output and "skipped" in again.output
+
+
+def test_synth_liver_and_prepare_with_window(tmp_path):
+    result = invoke("synth", "liver", tmp_path / "liver", "--cases", 1, "--shape", "32,32,16")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "liver" / "volume-0.nii").exists()
+    result = invoke(
+        "prepare",
+        tmp_path / "liver",
+        "--out",
+        tmp_path / "cache",
+        "--hu-window",
+        "-100,200",
+        "--format",
+        "lits",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cache" / "summary.json").read_text())
+    assert summary["settings"]["hu_window"] == [-100.0, 200.0] and summary["channels"] == ["ct"]
+
+
+def test_synth_same_seed_same_data(tmp_path):
+    for name in ("a", "b"):
+        assert (
+            invoke(
+                "synth", "brain", tmp_path / name, "--cases", 1, "--seed", 9, "--shape", TINY
+            ).exit_code
+            == 0
+        )
+    for key in ("t1", "t1ce", "t2", "flair", "seg"):
+        a = np.asanyarray(nib.load(str(case_file(tmp_path / "a", 0, key))).dataobj)
+        b = np.asanyarray(nib.load(str(case_file(tmp_path / "b", 0, key))).dataobj)
+        assert a.tobytes() == b.tobytes()
+
+
+# --- bad input: exit code 2, one sentence naming the file and the fix, no traceback ------------
+
+
+def test_synth_into_a_full_folder(brain):
+    assert_clean_error(invoke("synth", "brain", brain, "--shape", TINY), str(brain), "--overwrite")
+
+
+def test_synth_bad_shape(tmp_path):
+    result = invoke("synth", "brain", tmp_path / "x", "--shape", "12x12")
+    assert result.exit_code == 2 and "--shape takes 3 numbers" in " ".join(result.output.split())
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["inspect", "prepare"])
+def test_empty_folder(tmp_path, command):
+    (tmp_path / "empty").mkdir()
+    args = ["--out", tmp_path / "cache"] if command == "prepare" else []
+    assert_clean_error(
+        invoke(command, tmp_path / "empty", *args), str(tmp_path / "empty"), "is empty"
+    )
+    assert not (tmp_path / "cache").exists()
+
+
+def test_unknown_layout(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "scan.nii.gz").write_bytes(b"x")
+    assert_clean_error(
+        invoke("inspect", tmp_path / "data"), "does not look like any dataset layout", "--format"
+    )
+
+
+def test_wrong_format_forced(brain):
+    assert_clean_error(
+        invoke("inspect", brain, "--format", "lits"), "holds no cases in the lits layout"
+    )
+
+
+def test_missing_modality(brain, tmp_path):
+    case_file(brain, 1, "flair").unlink()
+    result = invoke("prepare", brain, "--out", tmp_path / "cache")
+    assert_clean_error(result, "PhantomBrain_00001", "FLAIR", "PhantomBrain_00001_flair.nii.gz")
+    assert not (tmp_path / "cache" / "cases").exists()
+
+
+def test_modalities_of_different_shapes(brain, tmp_path):
+    path = case_file(brain, 1, "t2")
+    rewrite(path, np.ones((20, 20, 15), dtype=np.int16))
+    result = invoke("prepare", brain, "--out", tmp_path / "cache", "--workers", 1)
+    assert_clean_error(result, "1 of 2 case(s) failed", str(path), "co-register")
+    # the good case is in the cache, the bad one is not (nothing half-written)
+    assert sorted(p.name for p in (tmp_path / "cache" / "cases").iterdir()) == [
+        "PhantomBrain_00000"
+    ]
+    assert "PhantomBrain_00001" in result.output and "failed" in result.output
+
+
+def test_image_label_shape_mismatch(brain, tmp_path):
+    path = case_file(brain, 0, "seg")
+    rewrite(path, np.zeros((20, 20, 15), dtype=np.uint8))
+    assert_clean_error(
+        invoke("prepare", brain, "--out", tmp_path / "cache"), str(path), "label shape"
+    )
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_corrupt_or_truncated_gzip(brain, tmp_path, damage):
+    path = case_file(brain, 0, "t1ce")
+    blob = path.read_bytes()
+    path.write_bytes(b"garbage" * 50 if damage == "corrupt" else blob[: len(blob) // 2])
+    result = invoke("prepare", brain, "--out", tmp_path / "cache")
+    assert_clean_error(result, str(path), "corrupt or truncated")
+    inspected = invoke("inspect", brain)
+    assert_clean_error(inspected, "1 of 2 case(s) could not be read", str(path))
+
+
+def test_nan_intensities(brain, tmp_path):
+    path = case_file(brain, 0, "t2")
+    data = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float32)
+    data[10, 10, 8] = np.nan
+    rewrite(path, data)
+    assert_clean_error(invoke("prepare", brain, "--out", tmp_path / "cache"), str(path), "NaN")
+
+
+def test_unexpected_label_values(brain, tmp_path):
+    path = case_file(brain, 0, "seg")
+    data = np.asanyarray(nib.load(str(path)).dataobj).copy()
+    data[10, 10, 8] = 7
+    rewrite(path, data)
+    assert_clean_error(invoke("inspect", brain), str(path), "unexpected label values [7]")
+    assert_clean_error(invoke("prepare", brain, "--out", tmp_path / "cache"), str(path), "[7]")
+
+
+@pytest.mark.parametrize("shape", [(20, 20), (20, 20, 16, 2, 2)])
+def test_2d_and_5d_images(brain, tmp_path, shape):
+    path = case_file(brain, 0, "t1")
+    rewrite(path, np.ones(shape, dtype=np.int16))
+    result = invoke("prepare", brain, "--out", tmp_path / "cache")
+    assert_clean_error(result, str(path), f"is a {len(shape)}D image")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["--debug", "data", "inspect", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and result.exception is not None
+    assert type(result.exception).__name__ == "BraverError"

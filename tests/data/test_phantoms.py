@@ -1,0 +1,245 @@
+"""Phantom datasets: layout, determinism, labels, contrasts, geometry, the default cache."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from braver.data.cache import Cache
+from braver.data.formats import discover
+from braver.data.phantoms import (
+    DEFAULT_BRAIN,
+    brain_phantom,
+    default_phantom_cache,
+    liver_phantom,
+    smooth_field,
+    synth_brain,
+    synth_liver,
+)
+from braver.data.preprocess import preprocess_case
+from braver.errors import BraverError
+
+SMALL = (48, 48, 32)
+
+
+def test_synth_brain_writes_a_brats2021_dataset(tmp_path):
+    out = synth_brain(tmp_path / "brain", cases=2, seed=3, shape=SMALL)
+    dataset = discover(out)
+    assert dataset.format == "brats2021"
+    assert dataset.case_ids == ["PhantomBrain_00000", "PhantomBrain_00001"]
+    assert all(c.has_label for c in dataset.cases)
+    description = json.loads((out / "phantom.json").read_text())
+    assert description["kind"] == "brain" and description["seed"] == 3
+    image = nib.load(str(dataset.cases[0].images[0]))
+    assert image.shape == SMALL and image.get_data_dtype() == np.int16
+    assert "".join(nib.aff2axcodes(image.affine)) == "LPS"
+    assert image.header.get_zooms() == (1.0, 1.0, 1.0)
+    prepared = preprocess_case(dataset.cases[0])  # and it goes through preprocessing
+    assert prepared.image.shape[0] == 4
+
+
+def test_same_seed_same_arrays_other_seed_other_arrays(tmp_path):
+    a = synth_brain(tmp_path / "a", cases=2, seed=11, shape=SMALL)
+    b = synth_brain(tmp_path / "b", cases=2, seed=11, shape=SMALL)
+    c = synth_brain(tmp_path / "c", cases=1, seed=12, shape=SMALL)
+    for case in ("PhantomBrain_00000", "PhantomBrain_00001"):
+        for key in ("t1", "t1ce", "t2", "flair", "seg"):
+            name = f"{case}/{case}_{key}.nii.gz"
+            left = np.asanyarray(nib.load(str(a / name)).dataobj)
+            right = np.asanyarray(nib.load(str(b / name)).dataobj)
+            assert left.tobytes() == right.tobytes(), name
+    first = "PhantomBrain_00000/PhantomBrain_00000_t1.nii.gz"
+    assert not np.array_equal(
+        nib.load(str(a / first)).get_fdata(), nib.load(str(c / first)).get_fdata()
+    )
+
+
+def test_case_does_not_depend_on_the_number_of_cases():
+    one, _, _ = brain_phantom(SMALL, np.random.default_rng([5, 1, 1]))
+    again, _, _ = brain_phantom(SMALL, np.random.default_rng([5, 1, 1]))
+    assert all(np.array_equal(one[k], again[k]) for k in one)
+
+
+@pytest.fixture(scope="module")
+def brains():
+    return [brain_phantom((96, 96, 48), seed) for seed in range(6)]
+
+
+def canonical(array):
+    return array[::-1, ::-1, :]
+
+
+def test_brain_labels_and_skull_stripping(brains):
+    seen = set()
+    for channels, label, _ in brains:
+        values = set(np.unique(label).tolist())
+        assert values <= {0, 1, 2, 4}
+        seen |= values
+        brain = channels["t1"] > 0
+        for data in channels.values():
+            assert data.dtype == np.int16
+            assert ((data > 0) == brain).all()  # every modality zero exactly outside the brain
+        assert not label[~brain].any()
+        assert 0.3 < brain.mean() < 0.8
+    assert seen == {0, 1, 2, 4}
+
+
+def test_brain_contrasts(brains):
+    """The relative contrasts radiologists read (and a network must learn)."""
+    for channels, label, _ in brains:
+        brain = channels["t1"] > 0
+        normal = brain & (label == 0)
+
+        def rel(name, where, channels=channels, normal=normal):
+            return channels[name][where].mean() / np.median(channels[name][normal])
+
+        if (label == 2).sum() > 50:
+            assert rel("flair", label == 2) > 1.3  # edema bright on FLAIR
+            assert rel("t2", label == 2) > 1.2  # and on T2
+        if (label == 4).sum() > 20:
+            assert rel("t1c", label == 4) > 1.3  # enhancing rim bright on T1c
+            assert rel("t1c", label == 4) > rel("t1", label == 4) + 0.4  # ... not on T1
+        if (label == 1).sum() > 20:
+            assert rel("t1", label == 1) < 0.9  # core dark on T1
+        # CSF: brightest on T2, dark on FLAIR (suppressed): the top of T2 is not FLAIR-bright
+        csf_like = normal & (channels["t2"] > np.percentile(channels["t2"][normal], 97))
+        assert rel("flair", csf_like) < 0.8
+
+
+def test_brain_tumours_vary_in_size_and_position(brains):
+    sizes, centres = [], []
+    for _, label, _ in brains:
+        tumour = np.argwhere(label > 0)
+        sizes.append(len(tumour))
+        centres.append(tumour.mean(axis=0))
+    assert max(sizes) > 2 * min(sizes)
+    assert np.ptp(np.array(centres)[:, 0]) > 15  # left and right hemispheres
+
+
+def test_brain_phantom_default_size_is_fast():
+    brain_phantom(rng=0)  # warm up imports
+    start = time.perf_counter()
+    channels, label, _ = brain_phantom(rng=1)
+    elapsed = time.perf_counter() - start
+    assert channels["t1"].shape == (128, 128, 64)
+    assert elapsed < 2.0  # about 0.3-0.6 s on a laptop core; generous for a busy CI machine
+
+
+def test_liver_phantom(tmp_path):
+    out = synth_liver(tmp_path / "liver", cases=2, seed=0, shape=(64, 64, 32))
+    dataset = discover(out)
+    assert dataset.format == "lits" and dataset.case_ids == ["volume-0", "volume-1"]
+    image = nib.load(str(out / "volume-0.nii"))
+    hu = np.asanyarray(image.dataobj)
+    label = np.asanyarray(nib.load(str(out / "segmentation-0.nii")).dataobj)
+    assert hu.dtype == np.int16 and set(np.unique(label).tolist()) <= {0, 1, 2}
+    assert hu.min() <= -950  # air
+    assert hu.max() >= 400  # bone
+    liver = hu[label == 1]
+    assert 30 < np.median(liver) < 130
+    assert (label == 1).sum() > 1000
+    zooms = image.header.get_zooms()
+    assert zooms == pytest.approx((360 / 64, 360 / 64, 160 / 32))
+
+
+def test_liver_tumours_and_determinism():
+    found_tumour = False
+    for seed in range(4):
+        hu, label, _ = liver_phantom((64, 64, 32), seed)
+        again, label_again, _ = liver_phantom((64, 64, 32), seed)
+        assert hu.tobytes() == again.tobytes() and label.tobytes() == label_again.tobytes()
+        if (label == 2).sum() > 10:
+            found_tumour = True
+            tumour, liver = np.median(hu[label == 2]), np.median(hu[label == 1])
+            assert abs(tumour - liver) > 10  # a visible lesion
+    assert found_tumour
+
+
+def test_smooth_field_statistics():
+    field = smooth_field((40, 30, 20), np.random.default_rng(0), (5, 5, 4))
+    assert field.dtype == np.float32 and field.shape == (40, 30, 20)
+    assert abs(float(field.mean())) < 0.2 and 0.7 < float(field.std()) < 1.3
+    assert np.abs(np.diff(field, axis=0)).mean() < 0.3  # smooth
+
+
+def test_synth_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    out = synth_brain(tmp_path / "brain", cases=1, seed=0, shape=SMALL)
+    with pytest.raises(BraverError, match="already exists and is not empty") as error:
+        synth_brain(out, cases=1, seed=0, shape=SMALL)
+    assert "--overwrite" in str(error.value)
+    import braver.data.phantoms as phantoms
+
+    calls = []
+
+    def fail_on_second(shape, rng):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return brain_phantom(shape, rng)
+
+    monkeypatch.setattr(phantoms, "brain_phantom", fail_on_second)
+    with pytest.raises(RuntimeError):
+        synth_brain(tmp_path / "half", cases=3, seed=0, shape=SMALL)
+    assert not (tmp_path / "half").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["brain"]  # no temporary folder left
+
+
+def test_bad_shape_and_cases(tmp_path):
+    with pytest.raises(BraverError, match="phantom shape"):
+        synth_brain(tmp_path / "x", cases=1, shape=(8, 8, 8))
+    with pytest.raises(BraverError, match="--cases"):
+        synth_liver(tmp_path / "y", cases=0)
+
+
+def test_default_phantom_cache_reuse_and_rebuild_when_stale(monkeypatch):
+    import braver.data.phantoms as phantoms
+
+    monkeypatch.setattr(phantoms, "DEFAULT_BRAIN", {"cases": 2, "shape": (24, 24, 16), "seed": 1})
+    dataset, cache = default_phantom_cache("brain", progress=False)
+    assert Cache.open(cache).case_ids == ["PhantomBrain_00000", "PhantomBrain_00001"]
+    stamp = (cache / "summary.json").stat().st_mtime_ns
+    assert default_phantom_cache("brain", progress=False) == (dataset, cache)
+    assert (cache / "summary.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    # a copy made by an older generator is rebuilt
+    description = json.loads((dataset / "phantom.json").read_text())
+    description["revision"] -= 1
+    (dataset / "phantom.json").write_text(json.dumps(description))
+    default_phantom_cache("brain", progress=False)
+    assert (
+        json.loads((dataset / "phantom.json").read_text())["revision"] == phantoms.PHANTOM_REVISION
+    )
+    assert (cache / "summary.json").stat().st_mtime_ns != stamp
+
+
+@pytest.mark.slow
+def test_default_phantom_cache_is_made_once_and_reused():
+    dataset, cache = default_phantom_cache("brain", progress=False)
+    opened = Cache.open(cache)
+    assert len(opened) == DEFAULT_BRAIN["cases"] == 24
+    assert opened.summary["format"] == "brats2021"
+    assert opened.case(opened.case_ids[0]).image.shape[0] == 4
+    frequencies = opened.summary["class_frequencies"]
+    assert all(f > 0 for f in frequencies)  # every class present: learnable
+    assert frequencies[0] < 0.99  # ... and a real imbalance
+    stamp = (cache / "summary.json").stat().st_mtime_ns
+    start = time.perf_counter()
+    assert default_phantom_cache("brain") == (dataset, cache)
+    assert time.perf_counter() - start < 0.5
+    assert (cache / "summary.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_default_liver_cache():
+    _, cache = default_phantom_cache("liver", progress=False)
+    opened = Cache.open(cache)
+    assert opened.channels == ["ct"] and opened.summary["modality"] == "ct"
+    assert opened.summary["class_counts"][2] > 0
+
+
+def test_default_phantom_cache_unknown_kind():
+    with pytest.raises(BraverError, match="unknown phantom kind"):
+        default_phantom_cache("lung")

@@ -69,9 +69,12 @@ def register(app: typer.Typer) -> None:
 
         from braver.recipe import load_recipe, shipped_recipe
         from braver.train import train_from_recipe
+        from braver.train.distributed import cleanup, setup_from_environment
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        # under torchrun: join the process group and pick this rank's GPU before any data moves
+        device = setup_from_environment(device)
         path = Path(recipe)
         if path.suffix != ".toml":
             path = shipped_recipe(recipe)
@@ -129,4 +132,5 @@ def register(app: typer.Typer) -> None:
             console=console,
             progress=progress,
         )
+        cleanup()
         console.print(f"Run folder: {folder}")

@@ -171,7 +171,7 @@ def train_from_recipe(
     dist = Distributed.current()
     console = console if dist.main else None
     device = _check_device(device)
-    if progress is None:
+    if progress is None or not dist.main:
         progress = console is not None and console.is_terminal
     started = time.time()
     if wandb and dist.main:

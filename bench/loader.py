@@ -129,12 +129,13 @@ def make_phantom_cache(folder: Path, cases: int) -> Path:
 
 def child_peak_rss(cache_root: Path, batches: int) -> float:
     """Peak RSS (MB) of a fresh process that indexes the cache and loads ``batches`` batches."""
+    here = str(Path(__file__).parent)
     code = (
-        "import resource, sys; sys.path.insert(0, %r);"
+        f"import resource, sys; sys.path.insert(0, {here!r});"
         "from loader import braver_rate; from pathlib import Path;"
-        "braver_rate(Path(%r), %d);"
+        f"braver_rate(Path({str(cache_root)!r}), {batches});"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    ) % (str(Path(__file__).parent), str(cache_root), batches)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 

@@ -83,7 +83,9 @@ def register(app: typer.Typer) -> None:
         progress = is_interactive()
 
         if resume is not None:
-            console.print(f"[bold]Resuming[/] {resume}")
+            from braver.runs import load_run_info
+
+            load_run_info(resume)  # a clear error when RUN is not a run folder
             folder = train_from_recipe(
                 load_recipe(resume / "recipe.toml"),
                 resume=resume,

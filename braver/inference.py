@@ -7,6 +7,12 @@ pixel. ``predict_volume`` runs batches of such slices, each cropped to the union
 slices' foreground boxes first (outside it the image is 0 and the answer is background, and
 inside it the zero padding reproduces exactly what the full slice would give).
 
+On the CPU, the paper's output layer (a 21×21 convolution from 224 maps to a handful of
+classes) is the slowest part of a dense pass: oneDNN's direct kernel runs such a wide, thin
+convolution at a fraction of its usual speed. Inside ``predict_volume`` it is computed through
+FFTs instead (``SpectralConvolutions``): same values up to float32 rounding (about 1e-5 on
+logits of order 10), measured 2.5–3.5× faster for that layer here.
+
 Padding follows the patch convention of ``braver.models.crop_inputs``: a patch of side ``S``
 centred on pixel ``c`` covers ``[c - S // 2, c - S // 2 + S)``, so a slice is padded by
 ``S // 2`` before and ``S - 1 - S // 2`` after (``S // 2`` on both sides for odd sizes).
@@ -23,6 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.fft import next_fast_len
+from torch.overrides import TorchFunctionMode
 
 from braver.data.labels import LabelScheme
 from braver.errors import BraverError
@@ -79,6 +87,78 @@ def _autocast(device: torch.device, bf16: bool):
     return nullcontext()
 
 
+class SpectralConvolutions(TorchFunctionMode):
+    """Within this context, wide and thin valid convolutions run as products of FFTs (CPU).
+
+    A convolution qualifies when autograd is off, it is stride 1, unpadded, undilated, ungrouped,
+    on float32 CPU tensors, its kernel is at least ``min_kernel`` wide, it has at most
+    ``max_out_channels`` outputs (fewer than its inputs), and its output is larger than one
+    pixel: the paper's output layer in dense mode. Every other call passes through unchanged.
+    ``fft_shape`` (rows, columns) is the transform size to use when the input fits in it, so
+    that each weight is transformed once per volume (the transforms are cached per weight).
+    """
+
+    def __init__(
+        self,
+        fft_shape: tuple[int, int] | None = None,
+        *,
+        min_kernel: int = 9,
+        max_out_channels: int = 16,
+    ):
+        super().__init__()
+        self.fft_shape = fft_shape
+        self.min_kernel = min_kernel
+        self.max_out_channels = max_out_channels
+        self._weights: dict[tuple, torch.Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.conv2d and not kwargs and self._qualifies(*args):
+            return self._convolve(*args[:3])
+        return func(*args, **kwargs)
+
+    def _qualifies(self, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> bool:
+        def ones(v, value):
+            return all(e == value for e in (v if isinstance(v, (tuple, list)) else (v,)))
+
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
+            return False
+        if x.dim() != 4 or weight.dim() != 4 or groups != 1:
+            return False
+        if not (ones(stride, 1) and ones(padding, 0) and ones(dilation, 1)):
+            return False
+        out_channels, in_channels, kh, kw = weight.shape
+        return (
+            min(kh, kw) >= self.min_kernel
+            and out_channels <= self.max_out_channels
+            and out_channels < in_channels
+            and (x.shape[-2] > kh or x.shape[-1] > kw)
+        )
+
+    def _transform_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.fft_shape and height <= self.fft_shape[0] and width <= self.fft_shape[1]:
+            height, width = self.fft_shape
+        return next_fast_len(height), next_fast_len(width, real=True)
+
+    def _convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        height, width = x.shape[-2:]
+        kh, kw = weight.shape[-2:]
+        size = self._transform_size(height, width)
+        key = (id(weight), weight._version, size)
+        if key not in self._weights:
+            self._weights[key] = torch.fft.rfft2(weight.detach(), s=size)
+        spectrum = torch.fft.rfft2(x, s=size)  # (B, Cin, H', W'/2+1)
+        kernel = self._weights[key]  # (Cout, Cin, H', W'/2+1)
+        # cross-correlation: sum over input maps of X · conj(W); vecdot conjugates its first
+        product = torch.stack(
+            [torch.linalg.vecdot(kernel[o], spectrum, dim=1) for o in range(kernel.shape[0])], 1
+        )
+        out = torch.fft.irfft2(product, s=size)[..., : height - kh + 1, : width - kw + 1]
+        if bias is not None:
+            out = out + bias[:, None, None]
+        return out.contiguous()
+
+
 def predict_volume(
     model: torch.nn.Module,
     image_czyx: np.ndarray | torch.Tensor,
@@ -89,6 +169,7 @@ def predict_volume(
     progress: Progress | None = None,
     crop_to_foreground: bool = True,
     bf16: bool = False,
+    fft: bool | None = None,
 ) -> np.ndarray:
     """Class probabilities (K, Z, Y, X) float32 of a preprocessed image (C, Z, Y, X).
 
@@ -96,7 +177,8 @@ def predict_volume(
     included (their inputs are centre crops of the padded slice, ``braver.models.crop_inputs``).
     Slices without foreground (all-zero image) are not run and get background probability 1,
     as do pixels outside the foreground box of a batch when ``crop_to_foreground``.
-    ``tta`` averages with the left-right flipped slice; ``bf16`` uses bfloat16 autocast on CUDA.
+    ``tta`` averages with the left-right flipped slice; ``bf16`` uses bfloat16 autocast on CUDA;
+    ``fft`` (default: on the CPU) runs the output layer through FFTs (``SpectralConvolutions``).
     The model is put in eval mode for the call and its mode restored afterwards.
     """
     from braver.models import crop_inputs, input_padding
@@ -112,10 +194,17 @@ def predict_volume(
     foreground = (image != 0).any(dim=0)  # (Z, Y, X)
     slices = torch.nonzero(foreground.any(dim=(1, 2))).flatten().tolist()
     probs = None
+    if fft is None:
+        fft = device.type == "cpu"
+    spectral = (
+        SpectralConvolutions((height + before + after, width + before + after))
+        if fft
+        else nullcontext()
+    )
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), _autocast(device, bf16):
+        with torch.inference_mode(), _autocast(device, bf16), spectral:
             for start in range(0, len(slices), batch_size):
                 index = slices[start : start + batch_size]
                 if crop_to_foreground:

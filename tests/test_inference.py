@@ -11,6 +11,7 @@ from braver.data.phantoms import synth_brain
 from braver.data.preprocess import PrepareSettings, prepare_dataset
 from braver.errors import BraverError
 from braver.inference import (
+    SpectralConvolutions,
     canonical_zyx,
     clean_components,
     evaluate_cached_cases,
@@ -72,6 +73,33 @@ def test_dense_volume_equals_per_patch_predictions(name, rng):
     full = predict_volume(model, image, batch_size=3, crop_to_foreground=False)
     assert np.abs(full[:, z, y, x].T - expected).max() < 1e-4
     assert np.abs(full[:, :, 3:19, 2:16] - probs[:, :, 3:19, 2:16]).max() < 1e-4
+
+
+def test_spectral_convolution_equals_the_direct_one(rng):
+    x = torch.from_numpy(rng.standard_normal((2, 40, 30, 27)).astype(np.float32))
+    weight = torch.from_numpy(rng.uniform(-0.05, 0.05, (3, 40, 11, 11)).astype(np.float32))
+    bias = torch.tensor([0.5, -1.0, 2.0])
+    direct = torch.nn.functional.conv2d(x, weight, bias)
+    mode = SpectralConvolutions((32, 40))
+    with torch.inference_mode(), mode:
+        spectral = torch.nn.functional.conv2d(x, weight, bias)
+        small_kernel = torch.nn.functional.conv2d(x, weight[..., :3, :3])  # passes through
+    assert spectral.shape == direct.shape == (2, 3, 20, 17)
+    assert (spectral - direct).abs().max() < 1e-4
+    assert len(mode._weights) == 1  # this weight went through the FFT path, once
+    assert torch.equal(small_kernel, torch.nn.functional.conv2d(x, weight[..., :3, :3]))
+    with mode:  # with autograd on, the layer's own convolution runs (training is untouched)
+        assert torch.equal(torch.nn.functional.conv2d(x, weight, bias), direct)
+
+
+@pytest.mark.parametrize("name", ["twopath", "mf_cascade"])
+def test_dense_volume_with_and_without_fft(name, rng):
+    torch.manual_seed(2)
+    model = create_model(name, in_channels=4, num_classes=4, init_range=0.1)
+    image = random_image(rng, (4, 2, 22, 19))
+    fast = predict_volume(model, image, fft=True)
+    plain = predict_volume(model, image, fft=False)
+    assert np.abs(fast - plain).max() < 1e-4  # float32 rounding of the transforms
 
 
 def test_empty_slices_are_skipped_and_progress_reported(rng):

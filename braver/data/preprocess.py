@@ -561,20 +561,28 @@ class PrepareReport:
     def failed(self) -> list[CaseOutcome]:
         return self._with("failed")
 
-    def table(self):
-        """A rich Table of the cases that were skipped or failed, with the reason."""
+    def table(self, max_skipped: int = 20):
+        """A rich Table of the cases that were skipped or failed, with the reason.
+
+        Every failed case gets a row; skipped (up-to-date) cases beyond ``max_skipped`` are
+        folded into one summary row.
+        """
         from rich.table import Table
 
         table = Table(
             title=f"{self.cache}: {len(self.prepared)} prepared, "
             f"{len(self.skipped)} skipped, {len(self.failed)} failed"
         )
-        table.add_column("case")
+        table.add_column("case", no_wrap=True)
         table.add_column("status")
         table.add_column("reason", overflow="fold")
-        for outcome in self.skipped + self.failed:
-            style = "red" if outcome.status == "failed" else "dim"
-            table.add_row(outcome.case_id, f"[{style}]{outcome.status}[/]", outcome.reason)
+        skipped = self.skipped
+        for outcome in skipped[:max_skipped]:
+            table.add_row(outcome.case_id, "[dim]skipped[/]", outcome.reason)
+        if len(skipped) > max_skipped:
+            table.add_row(f"… {len(skipped) - max_skipped} more", "[dim]skipped[/]", "up to date")
+        for outcome in self.failed:
+            table.add_row(outcome.case_id, "[red]failed[/]", outcome.reason)
         return table
 
 

@@ -317,6 +317,16 @@ def test_a_failing_case_is_reported_and_the_others_proceed(brats2021, tmp_path, 
     assert table.row_count == 1
 
 
+def test_report_table_folds_many_skipped_cases(tmp_path):
+    from braver.data.preprocess import CaseOutcome, PrepareReport
+
+    report = PrepareReport(tmp_path)
+    report.outcomes = [CaseOutcome(f"c{i}", "skipped", "up to date") for i in range(30)]
+    report.outcomes.append(CaseOutcome("bad", "failed", "x: could not be read."))
+    table = report.table(max_skipped=5)
+    assert table.row_count == 5 + 1 + 1
+
+
 def test_an_interrupted_write_leaves_nothing(brats2021, tmp_path, monkeypatch):
     import braver.data.cache as cache_module
 

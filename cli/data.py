@@ -70,6 +70,10 @@ def synth(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
     ] = False,
+    with_skull: Annotated[
+        bool,
+        typer.Option("--with-skull", help="Brain: keep skull and scalp (BraTS strips them)."),
+    ] = False,
 ) -> None:
     """Write a synthetic dataset: brain MRI phantoms or liver CT phantoms."""
     from braver.data import phantoms
@@ -83,6 +87,7 @@ def synth(
             size or phantoms.BRAIN_SHAPE,
             overwrite=overwrite,
             progress=is_interactive(),
+            skull_stripped=not with_skull,
         )
     else:
         path = phantoms.synth_liver(

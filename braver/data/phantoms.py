@@ -14,8 +14,9 @@ only (enhancing vessels / choroid plexus on T1c, small FLAIR-bright white-matter
 Four modalities with the usual relative contrasts (T1: WM > GM > CSF, tumour core dark;
 T1c: enhancing rim bright; T2: CSF brightest, edema and necrosis bright; FLAIR: CSF
 suppressed, edema bright), per-case contrast jitter, tissue texture, partial-volume blur, a
-smooth multiplicative bias field and Rician noise. The skull and scalp are made and then
-stripped as BraTS does (every voxel outside the brain is 0). 1 mm voxels, LPS-like affine as
+smooth multiplicative bias field and Rician noise. The head around the brain (CSF, skull
+tables and marrow, scalp) is stripped as BraTS does, every voxel outside the brain 0, unless
+asked for (``skull_stripped=False``, ``--with-skull``). 1 mm voxels, LPS-like affine as
 in BraTS, int16 intensities, labels 0 (background), 1 (necrosis / non-enhancing core),
 2 (edema), 4 (enhancing).
 
@@ -44,7 +45,7 @@ from braver.errors import BraverError
 
 PHANTOM_VERSION = 1
 # bumped whenever the generated arrays change, so default_phantom_cache rebuilds stale copies
-PHANTOM_REVISION = 3
+PHANTOM_REVISION = 4
 BRAIN_SHAPE = (128, 128, 64)  # (X, Y, Z) voxels of 1 mm
 LIVER_SHAPE = (128, 128, 48)  # (X, Y, Z) voxels over a 360 x 360 x 160 mm field of view
 LIVER_FOV_MM = (360.0, 360.0, 160.0)
@@ -55,8 +56,23 @@ DEFAULT_BRAIN = {"cases": 24, "shape": (96, 96, 48), "seed": 2017}
 DEFAULT_LIVER = {"cases": 16, "shape": (96, 96, 40), "seed": 2017}
 
 # Tissue codes of the brain phantom (rows of the intensity table below).
-_OUT, _CSF, _GM, _WM, _DEEP, _EDEMA, _ENH, _NEC, _NET, _VESSEL, _LESION = range(11)
-_BRAIN_LABEL = np.array([0, 0, 0, 0, 0, 2, 4, 1, 1, 0, 0], dtype=np.uint8)
+(
+    _OUT,
+    _CSF,
+    _GM,
+    _WM,
+    _DEEP,
+    _EDEMA,
+    _ENH,
+    _NEC,
+    _NET,
+    _VESSEL,
+    _LESION,
+    _BONE,
+    _MARROW,
+    _SCALP,
+) = range(14)
+_BRAIN_LABEL = np.array([0, 0, 0, 0, 0, 2, 4, 1, 1, 0, 0, 0, 0, 0], dtype=np.uint8)
 # Relative intensities per tissue: T1, T1c, T2, FLAIR (each later scaled by a scanner gain).
 _BRAIN_CONTRAST = np.array(
     [
@@ -71,6 +87,9 @@ _BRAIN_CONTRAST = np.array(
         [0.50, 0.53, 0.82, 0.86],  # non-enhancing core: close to edema
         [0.60, 1.35, 0.45, 0.55],  # enhancing vessel / choroid plexus (label 0)
         [0.80, 0.82, 0.74, 0.88],  # small white-matter lesion, FLAIR bright (label 0)
+        [0.04, 0.04, 0.04, 0.04],  # cortical bone of the skull: no signal
+        [0.95, 0.95, 0.65, 0.75],  # skull marrow (fat): bright on T1
+        [0.90, 0.92, 0.60, 0.70],  # scalp (fat and skin)
     ],
     dtype=np.float32,
 )
@@ -200,12 +219,20 @@ def _check_shape(shape: Sequence[int], minimum: int = 16) -> tuple[int, int, int
 
 
 def brain_phantom(
-    shape: Sequence[int] = BRAIN_SHAPE, rng: np.random.Generator | int = 0
+    shape: Sequence[int] = BRAIN_SHAPE,
+    rng: np.random.Generator | int = 0,
+    *,
+    skull_stripped: bool = True,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """One synthetic brain: ({channel: int16 (X, Y, Z)}, uint8 label values, 4x4 affine).
 
     Arrays are in file voxel order (LPS: the first axis runs to the patient's left, the second
-    to posterior), as BraTS files are; labels take the values 0, 1, 2, 4.
+    to posterior), as BraTS files are; labels take the values 0, 1, 2, 4. The head around the
+    brain (subarachnoid CSF, skull tables and marrow, scalp) is made and, when
+    ``skull_stripped`` (as in BraTS), removed: every voxel outside the brain is then 0.
+    Otherwise the head is kept and the air around it holds Rician noise. Labels and the
+    brain's inner voxels are the same either way (its edge takes partial volume from the
+    skull).
     """
     rng = np.random.default_rng(rng)
     shape = _check_shape(shape)
@@ -292,7 +319,18 @@ def brain_phantom(
     noise_level = rng.uniform(0.018, 0.04)
     bias_shared = smooth_field(shape, rng, (3, 3, 3))
     heterogeneity = smooth_field(shape, rng, (max(4, nx // 8), max(4, ny // 8), max(3, nz // 8)))
+    # the head around the brain (no random draws: the brain is the same with or without it)
+    outside = -depth  # approximate mm outside the brain surface
     tissue[~brain] = _OUT
+    if not skull_stripped:
+        for code, (inner, outer) in (
+            (_CSF, (0.0, 1.5)),
+            (_BONE, (1.5, 3.0)),
+            (_MARROW, (3.0, 5.0)),
+            (_BONE, (5.0, 6.5)),
+            (_SCALP, (6.5, 10.0)),
+        ):
+            tissue[(outside > inner) & (outside <= outer)] = code
     label = _BRAIN_LABEL[tissue]
     channels: dict[str, np.ndarray] = {}
     for index, (channel, _file_key) in enumerate(BRAIN_CHANNEL_FILES):
@@ -308,8 +346,9 @@ def brain_phantom(
         image = np.sqrt(real * real + imag * imag)  # Rician magnitude noise
         image *= f32(gains[index])
         values = np.rint(image).astype(np.int16)
-        np.maximum(values, 1, out=values, where=brain)
-        values[~brain] = 0
+        if skull_stripped:
+            np.maximum(values, 1, out=values, where=brain)
+            values[~brain] = 0
         channels[channel] = values
 
     # store as BraTS does: LPS (flip x and y of the RAS grid)
@@ -597,11 +636,13 @@ def synth_brain(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    skull_stripped: bool = True,
 ) -> Path:
     """Write ``cases`` phantom brains in the BraTS 2021 layout to ``out`` (all or nothing).
 
     ``out/PhantomBrain_00000/PhantomBrain_00000_{t1,t1ce,t2,flair,seg}.nii.gz`` and a
-    ``phantom.json`` describing how it was made. ``shape`` is (X, Y, Z) in 1 mm voxels.
+    ``phantom.json`` describing how it was made. ``shape`` is (X, Y, Z) in 1 mm voxels;
+    ``skull_stripped=False`` keeps skull and scalp (see ``brain_phantom``).
     """
     shape = _check_shape(shape)
     if cases < 1:
@@ -610,14 +651,16 @@ def synth_brain(
         task = bar.add_task("synth", total=cases)
         for index in range(cases):
             case_id = f"PhantomBrain_{index:05d}"
-            channels, label, affine = brain_phantom(shape, _case_rng(seed, index, "brain"))
+            channels, label, affine = brain_phantom(
+                shape, _case_rng(seed, index, "brain"), skull_stripped=skull_stripped
+            )
             folder = tmp / case_id
             folder.mkdir()
             for channel, key in BRAIN_CHANNEL_FILES:
                 save_nifti(channels[channel], affine, folder / f"{case_id}_{key}.nii.gz")
             save_nifti(label, affine, folder / f"{case_id}_seg.nii.gz")
             bar.update(task, advance=1)
-        _write_description(tmp, "brain", cases, seed, shape)
+        _write_description(tmp, "brain", cases, seed, shape, skull_stripped)
     return Path(out)
 
 
@@ -648,8 +691,8 @@ def synth_liver(
     return Path(out)
 
 
-def _description(kind: str, cases: int, seed: int, shape) -> dict:
-    return {
+def _description(kind: str, cases: int, seed: int, shape, skull_stripped: bool = True) -> dict:
+    description = {
         "generator": "braver.data.phantoms",
         "kind": kind,
         "version": PHANTOM_VERSION,
@@ -658,10 +701,15 @@ def _description(kind: str, cases: int, seed: int, shape) -> dict:
         "seed": seed,
         "shape_xyz": list(shape),
     }
+    if kind == "brain":
+        description["skull_stripped"] = skull_stripped
+    return description
 
 
-def _write_description(folder: Path, kind: str, cases: int, seed: int, shape) -> None:
-    description = _description(kind, cases, seed, shape)
+def _write_description(
+    folder: Path, kind: str, cases: int, seed: int, shape, skull_stripped: bool = True
+) -> None:
+    description = _description(kind, cases, seed, shape, skull_stripped)
     (folder / "phantom.json").write_text(json.dumps(description, indent=2) + "\n")
 
 

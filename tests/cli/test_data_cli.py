@@ -91,6 +91,14 @@ def test_synth_liver_and_prepare_with_window(tmp_path):
     assert summary["settings"]["hu_window"] == [-100.0, 200.0] and summary["channels"] == ["ct"]
 
 
+def test_synth_brain_with_skull(tmp_path):
+    result = invoke("synth", "brain", tmp_path / "b", "--cases", 1, "--shape", TINY, "--with-skull")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "phantom.json").read_text())["skull_stripped"] is False
+    t1 = np.asanyarray(nib.load(str(case_file(tmp_path / "b", 0, "t1"))).dataobj)
+    assert (t1 > 0).all()
+
+
 def test_synth_same_seed_same_data(tmp_path):
     for name in ("a", "b"):
         assert (

@@ -88,6 +88,24 @@ def test_brain_labels_and_skull_stripping(brains):
     assert seen == {0, 1, 2, 4}
 
 
+def test_brain_with_skull():
+    stripped, label, _ = brain_phantom((64, 64, 32), 5)
+    head, label_head, _ = brain_phantom((64, 64, 32), 5, skull_stripped=False)
+    np.testing.assert_array_equal(label, label_head)
+    brain = stripped["t1"] > 0
+    assert (head["t1"][~brain] > 0).mean() > 0.9  # skull, scalp, and noise in the air
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(brain, structure=np.ones((3, 3, 3)))  # the blur's reach
+    for key in stripped:
+        np.testing.assert_array_equal(stripped[key][inner], head[key][inner])
+    # marrow and scalp fat: bright on T1 just outside the brain
+    shell = ndimage.binary_dilation(brain, iterations=8) & ~ndimage.binary_dilation(
+        brain, iterations=3
+    )
+    assert head["t1"][shell].max() > np.median(head["t1"][brain])
+
+
 def test_brain_contrasts(brains):
     """The relative contrasts radiologists read (and a network must learn)."""
     for channels, label, _ in brains:
@@ -175,11 +193,11 @@ def test_synth_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, monk
 
     calls = []
 
-    def fail_on_second(shape, rng):
+    def fail_on_second(shape, rng, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("interrupted")
-        return brain_phantom(shape, rng)
+        return brain_phantom(shape, rng, **kwargs)
 
     monkeypatch.setattr(phantoms, "brain_phantom", fail_on_second)
     with pytest.raises(RuntimeError):

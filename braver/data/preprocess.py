@@ -372,6 +372,20 @@ def _percentiles(values: np.ndarray, low: float, high: float) -> tuple[float, fl
     )
 
 
+def _mean_std_inplace(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of a float32 array, which is overwritten.
+
+    Sums accumulate in float64 through numpy's buffered reduction, so no float64 copy of the
+    array is made (``ndarray.std(dtype=float64)`` would make one).
+    """
+    if values.size == 0:
+        return 0.0, 0.0
+    mean = float(values.sum(dtype=np.float64)) / values.size
+    values -= np.float32(mean)
+    np.square(values, out=values)
+    return mean, float(np.sqrt(values.sum(dtype=np.float64) / values.size))
+
+
 def _zscore_mri(
     volume: np.ndarray,
     mask: np.ndarray,
@@ -389,8 +403,7 @@ def _zscore_mri(
         )
     low, high = _percentiles(foreground, *percentiles)
     np.clip(foreground, low, high, out=foreground)
-    mean = float(foreground.mean(dtype=np.float64))
-    std = float(foreground.std(dtype=np.float64))
+    mean, std = _mean_std_inplace(foreground)
     np.clip(volume, low, high, out=volume)
     volume -= np.float32(mean)
     volume *= np.float32(1.0 / std if std > 0 else 1.0)
@@ -409,9 +422,7 @@ def _zscore_mri(
 def _window_ct(volume: np.ndarray, mask: np.ndarray, outside: np.ndarray, window) -> dict:
     low, high = window
     np.clip(volume, low, high, out=volume)
-    foreground = volume[mask]
-    raw_mean = float(foreground.mean(dtype=np.float64)) if foreground.size else 0.0
-    raw_std = float(foreground.std(dtype=np.float64)) if foreground.size else 0.0
+    raw_mean, raw_std = _mean_std_inplace(volume[mask])
     volume -= np.float32(low)
     volume *= np.float32(1.0 / (high - low))
     np.copyto(volume, 0, where=outside)

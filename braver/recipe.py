@@ -59,6 +59,7 @@ class OptimSection:
     l2: float = 0.0
     max_norm: float = 0.0  # 0: off; else each kernel's L2 norm is clipped to this
     class_weights: bool = True  # mode "tile": per-pixel weights that stand in for balancing
+    class_weight_power: float = 1.0  # 1: balanced; below 1 softer (tile mode)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Recipe:
             ("optim.l1", self.optim.l1 >= 0, "non-negative"),
             ("optim.l2", self.optim.l2 >= 0, "non-negative"),
             ("optim.max_norm", self.optim.max_norm >= 0, "non-negative"),
+            ("optim.class_weight_power", 0 <= self.optim.class_weight_power <= 1, "in [0, 1]"),
             ("model.maxout_k", self.model.maxout_k >= 1, "a positive integer"),
             ("model.dropout", 0 <= self.model.dropout < 1, "in [0, 1)"),
         ]

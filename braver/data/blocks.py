@@ -249,10 +249,11 @@ class PatchDL(TfmdDL):
         world: int = 1,
         device=None,
         class_weighting: bool = False,
+        class_weight_power: float = 1.0,
         **kwargs,
     ):
         self.sampler, self.sampling, self.seed, self.fixed = sampler, sampling, seed, fixed
-        self.class_weighting = class_weighting
+        self.class_weighting, self.class_weight_power = class_weighting, class_weight_power
         self.rank, self.world, self.epoch = rank, world, 0
         self.centres: np.ndarray | None = None
         self.class_weights: torch.Tensor | None = None
@@ -291,7 +292,9 @@ class PatchDL(TfmdDL):
             if not self.fixed:
                 self.epoch += 1
             self.class_weights = (
-                balanced_weights(self.label_histogram()) if self.class_weighting else None
+                balanced_weights(self.label_histogram(), self.class_weight_power)
+                if self.class_weighting
+                else None
             )
         return list(range(0, len(self.centres), self.bs))
 
@@ -328,12 +331,16 @@ class PatchDL(TfmdDL):
         return counts
 
 
-def balanced_weights(counts: np.ndarray) -> torch.Tensor:
-    """Per-class loss weights that make every present class weigh the same in total."""
+def balanced_weights(counts: np.ndarray, power: float = 1.0) -> torch.Tensor:
+    """Per-class loss weights ``(N / (P · n_c)) ** power`` for the P classes present.
+
+    ``power = 1``: every present class weighs the same in total (balanced); smaller powers
+    soften the correction (0: plain cross-entropy).
+    """
     counts = np.asarray(counts, dtype=np.float64)
     present = counts > 0
     weights = np.zeros_like(counts)
-    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    weights[present] = (counts[present].sum() / (present.sum() * counts[present])) ** power
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
@@ -364,6 +371,7 @@ def patch_dataloaders(
     rank: int = 0,
     world: int = 1,
     class_weighting: bool = False,
+    class_weight_power: float = 1.0,
 ) -> DataLoaders:
     """fastai ``DataLoaders`` of multi-scale patch batches, split by case.
 
@@ -385,6 +393,7 @@ def patch_dataloaders(
         world=world,
         device=device,
         class_weighting=class_weighting,
+        class_weight_power=class_weight_power,
     )
     loaders = [train]
     if valid_cases:
@@ -403,6 +412,7 @@ def patch_dataloaders(
                 world=world,
                 device=device,
                 class_weighting=class_weighting,
+                class_weight_power=class_weight_power,
             )
         )
     return DataLoaders(*loaders, device=device)

@@ -201,9 +201,7 @@ class History(Callback):
         row = {"stage": self.stage, "epoch": self.epoch_offset + self.epoch}
         for name, value in zip(names, values, strict=False):
             row[name] = _plain(value)
-        row["lr"] = float(self.learn.opt.hypers[-1]["lr"])
-        row["momentum"] = float(self.learn.opt.hypers[-1]["mom"])
-        row["seconds"] = round(time.time() - self.started, 2)
+        row["time"] = round(time.time() - self.started, 2)  # seconds (fastai's column name)
         self.started = time.time()
         self.rows.append(row)
         if getattr(self.learn, "rank", 0) == 0:

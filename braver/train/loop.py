@@ -263,6 +263,7 @@ def train_from_recipe(
         on_device=recipe.data.on_device,
         rank=dist.rank,
         world=dist.world,
+        class_weight_power=recipe.optim.class_weight_power,
     )
     history_rows = read_history(folder / "history.csv") if resume is not None else []
     trainable_log = dict(info.extra.get("trainable_parameters", {}))
@@ -369,7 +370,7 @@ def _finish(folder, model, cache, valid_cases, history_rows, device, evaluate, c
     patch = {}
     if history_rows:
         last = history_rows[-1]
-        patch = {k: _number(v) for k, v in last.items() if k not in ("stage", "epoch")}
+        patch = {k: _number(v) for k, v in last.items() if k not in ("stage", "epoch", "time")}
     metrics: dict[str, Any] = {"validation_cases": valid_cases, "patch": patch}
     if evaluate and valid_cases:
         from braver.inference import evaluate_cached_cases
@@ -401,7 +402,10 @@ def _number(value):
 def _row_text(row: dict) -> str:
     parts = [f"{row['stage']} epoch {row['epoch']}"]
     for key, value in row.items():
-        if key in ("stage", "epoch", "lr", "momentum"):
+        if key in ("stage", "epoch"):
+            continue
+        if key == "time":
+            parts.append(f"{value:.0f} s")
             continue
         parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
     return "  ".join(parts)

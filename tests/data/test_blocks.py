@@ -125,6 +125,8 @@ def test_ranks_draw_disjoint_shards(cache):
 def test_balanced_weights():
     w = balanced_weights(np.array([90, 10, 0, 0]))
     np.testing.assert_allclose(w.numpy(), [100 / 180, 100 / 20, 0, 0])
+    soft = balanced_weights(np.array([90, 10, 0, 0]), power=0.5)
+    np.testing.assert_allclose(soft.numpy(), [(100 / 180) ** 0.5, (100 / 20) ** 0.5, 0, 0])
 
 
 def test_crops_match_the_models_convention():

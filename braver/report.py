@@ -253,15 +253,22 @@ def _number(text: str | None) -> float:
         return math.nan
 
 
+#: history.csv columns that are neither losses nor metrics
+HISTORY_BOOKKEEPING = frozenset(
+    {"epoch", "stage", "time", "seconds", "lr", "learning_rate", "mom", "momentum", "wd"}
+)
+
+
 def plot_learning_curves(history_csv: str | Path, out_png: str | Path) -> Path:
     """Losses (left) and validation metrics (right) per epoch from a fastai ``history.csv``.
 
-    Columns ending in ``loss`` are losses; every other numeric column except ``epoch``,
-    ``time`` and ``stage`` is a metric. Epochs are counted through the whole file (a second
-    fit that restarts at epoch 0 continues the axis); a ``stage`` column marks stage changes.
+    Columns ending in ``loss`` are losses; every other numeric column is a metric, except the
+    bookkeeping in ``HISTORY_BOOKKEEPING`` (epoch, stage, time, learning rate, momentum …).
+    Epochs are counted through the whole file (a second fit that restarts at epoch 0 continues
+    the axis); a ``stage`` column marks stage changes with a dashed line.
     """
     columns, records = _read_history(history_csv)
-    skip = {"epoch", "time", "stage"}
+    skip = HISTORY_BOOKKEEPING
     numeric = [
         c
         for c in columns
@@ -278,6 +285,15 @@ def plot_learning_curves(history_csv: str | Path, out_png: str | Path) -> Path:
     for ax, names, label in panels:
         for name in names:
             ax.plot(x, [_number(r.get(name)) for r in records], marker="o", ms=3, label=name)
+        values = np.array([_number(r.get(n)) for r in records for n in names], dtype=float)
+        values = values[np.isfinite(values)]
+        if (
+            label == "loss"
+            and values.size
+            and values.min() > 0
+            and values.max() > 50 * values.min()
+        ):
+            ax.set_yscale("log")  # a spike would flatten the rest of the curve
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)

@@ -102,15 +102,17 @@ def test_learning_curves_from_a_fastai_history(tmp_path):
     history = tmp_path / "run" / "history.csv"
     history.parent.mkdir()
     history.write_text(
-        "epoch,train_loss,valid_loss,whole_tumor_dice,patch_accuracy,time,stage\n"
-        "0,1.2,1.1,0.20,0.5,00:03,1\n"
-        "1,0.9,#na#,0.35,0.6,00:03,1\n"
-        "0,0.7,0.8,0.50,0.7,00:02,2\n"
+        "stage,epoch,train_loss,valid_loss,whole_tumor_dice,patch_accuracy,lr,time\n"
+        "stage1,0,1.2,1.1,0.20,0.5,0.01,00:03\n"
+        "stage1,1,0.9,#na#,0.35,0.6,0.009,00:03\n"
+        "stage2,0,0.7,0.8,0.50,0.7,0.01,00:02\n"
     )
     out = plot_learning_curves(history, tmp_path / "curves.png")
     assert imread(out).shape[1] > 800  # loss and metric panels
     losses_only = tmp_path / "losses.csv"
-    losses_only.write_text("epoch,train_loss,valid_loss,time\n0,1.0,1.1,00:01\n1,0.5,0.6,00:01\n")
+    losses_only.write_text(
+        "epoch,train_loss,valid_loss,lr,seconds\n0,1.0,1.1,0.1,3\n1,0.5,0.6,0.1,3\n"
+    )
     assert imread(plot_learning_curves(losses_only, tmp_path / "l.png")).shape[1] < 800
 
 

@@ -15,7 +15,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from fastai.callback.schedule import ParamScheduler
-from fastai.callback.tracker import EarlyStoppingCallback
+from fastai.callback.tracker import EarlyStoppingCallback, TerminateOnNaNCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.optimizer import SGD
@@ -157,7 +157,12 @@ def build_learner(
     from braver.metrics import region_dice_metrics
     from braver.models.naming import param_groups
 
-    callbacks = [DropFrozenGrads(), L1Penalty(optim.l1), MaxNorm(optim.max_norm)]
+    callbacks = [
+        DropFrozenGrads(),
+        L1Penalty(optim.l1),
+        MaxNorm(optim.max_norm),
+        TerminateOnNaNCallback(),  # a diverged run stops instead of training on NaN
+    ]
     if tile_mode:
         callbacks.append(ClassWeights())
     learn = Learner(

@@ -80,12 +80,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_dense(model, image, device, batch_size, bf16, repeats) -> float:
+def time_dense(model, image, device, batch_size, bf16, repeats, fft=None) -> float:
     best = float("inf")
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
-        predict_volume(model, image, device=device, batch_size=batch_size, bf16=bf16)
+        predict_volume(model, image, device=device, batch_size=batch_size, bf16=bf16, fft=fft)
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
@@ -143,6 +143,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=1024, help="pixels timed in patch mode")
     parser.add_argument("--patch-batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1, help="dense runs per model (best)")
+    parser.add_argument(
+        "--no-fft", action="store_true", help="direct output layer on CPU (for comparison)"
+    )
     args = parser.parse_args()
 
     if args.threads:
@@ -170,7 +173,8 @@ def main() -> None:
         if device.type == "cuda":  # warm-up: kernels, allocator
             time_dense(model, image[:, :8], device, args.batch_size, args.bf16, 1)
         log(f"{name}: dense …")
-        dense = time_dense(model, image, device, args.batch_size, args.bf16, args.repeats)
+        fft = False if args.no_fft else None
+        dense = time_dense(model, image, device, args.batch_size, args.bf16, args.repeats, fft)
         log(f"{name}: dense {dense:.2f} s per volume; per-pixel …")
         per_pixel = time_per_pixel(
             model, image, device, args.sample, args.patch_batch, args.bf16, rng
@@ -189,6 +193,7 @@ def main() -> None:
         log(f"{name}: per-pixel {per_volume:.0f} s per volume, ratio {ratios[name]:.0f}")
     result["slices_per_batch"] = args.batch_size or ("32 (cuda)" if device.type == "cuda" else 4)
     result["bf16"] = bool(args.bf16 and device.type == "cuda")
+    result["fft_output_layer"] = device.type == "cpu" and not args.no_fft
     if hasattr(os, "getloadavg"):
         result["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     result["ratio"] = round(min(ratios.values()), 1)

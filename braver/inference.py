@@ -11,7 +11,8 @@ On the CPU, the paper's output layer (a 21×21 convolution from 224 maps to a ha
 classes) is the slowest part of a dense pass: oneDNN's direct kernel runs such a wide, thin
 convolution at a fraction of its usual speed. Inside ``predict_volume`` it is computed through
 FFTs instead (``SpectralConvolutions``): same values up to float32 rounding (about 1e-5 on
-logits of order 10), measured 2.5–3.5× faster for that layer here.
+logits of order 10), measured 2–3× faster for that layer and about 1.25× for the whole pass
+on 2 busy CPU cores here (see ``bench/inference.py``).
 
 Padding follows the patch convention of ``braver.models.crop_inputs``: a patch of side ``S``
 centred on pixel ``c`` covers ``[c - S // 2, c - S // 2 + S)``, so a slice is padded by
@@ -70,7 +71,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def default_batch_size(device: str | torch.device) -> int:
-    """Slices per forward pass: small on CPU (no gain from more, less memory), large on GPU."""
+    """Slices per forward pass: 4 on CPU (the FFT output layer gains from a few slices at once,
+    more did not help: 0.76 s per 170×139 slice at 4 and 8, 1.0 s at 1), 32 on GPU."""
     return 32 if torch.device(device).type == "cuda" else 4
 
 

@@ -164,18 +164,21 @@ def _save(figure, out_png: str | Path) -> Path:
     return out_png
 
 
-def most_tumour_slice(*label_maps: np.ndarray | None) -> int:
-    """Axial index (axis 0) with the most non-background voxels in the first map that has any.
+def most_tumour_slice(*label_maps: np.ndarray | None, classes: Sequence[int] | None = None) -> int:
+    """Axial index (axis 0) with the most tumour voxels in the first map that has any.
 
-    Falls back to the middle slice when no map holds a foreground voxel.
+    Tumour is ``classes`` when given, else every non-background class; when no map holds
+    any, the non-background classes decide, and failing those the middle slice.
     """
-    for labels in label_maps:
-        if labels is not None:
-            counts = np.count_nonzero(np.asarray(labels).reshape(len(labels), -1), axis=1)
+    maps = [np.asarray(m) for m in label_maps if m is not None]
+    choices = ([list(classes)] if classes is not None else []) + [None]
+    for chosen in choices:
+        for labels in maps:
+            hits = labels != 0 if chosen is None else np.isin(labels, chosen)
+            counts = np.count_nonzero(hits.reshape(len(labels), -1), axis=1)
             if counts.any():
                 return int(counts.argmax())
-    first = next(m for m in label_maps if m is not None)
-    return len(first) // 2
+    return len(maps[0]) // 2
 
 
 def _colour_overlay(classes: np.ndarray) -> np.ndarray:
@@ -200,11 +203,18 @@ def plot_overlay(
     """PNG of one axial slice: image, truth over image, prediction over image.
 
     Class maps hold class indices (Z, Y, X). The slice is the one with the most tumour in
-    the truth (in the prediction when there is no truth or it is empty). Rows are drawn
+    the truth (in the prediction when there is no truth or it is empty; for a liver scheme,
+    the tumour class rather than the liver). Rows are drawn
     with Y upwards (anterior up in canonical RAS), patient right on the right.
     """
     if slice_index is None:
-        slice_index = most_tumour_slice(truth_zyx, pred_zyx)
+        # CT: the liver fills many slices; show the one with most tumour
+        tumour = (
+            scheme.region_classes("tumor")
+            if scheme is not None and "tumor" in scheme.regions
+            else None
+        )
+        slice_index = most_tumour_slice(truth_zyx, pred_zyx, classes=tumour)
     image = np.asarray(image_zyx[slice_index], dtype=np.float32)
     finite = image[image != 0]
     low, high = np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0)

@@ -71,6 +71,12 @@ def test_most_tumour_slice_prefers_truth_then_prediction():
     truth[2, 0, 0] = 1
     assert most_tumour_slice(truth, pred) == 3
     assert most_tumour_slice(np.zeros_like(truth), np.zeros_like(truth)) == 2  # middle
+    # liver: class 1 (liver) fills slice 3, the tumour (2) is on slice 0
+    liver = np.zeros((5, 4, 4), np.uint8)
+    liver[3] = 1
+    liver[0, 0, 0] = 2
+    assert most_tumour_slice(liver, classes=[2]) == 0
+    assert most_tumour_slice(np.where(liver == 2, 0, liver), classes=[2]) == 3  # no tumour
 
 
 def test_plot_overlay_writes_a_png(tmp_path, rng):

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
                 help="[RUN] INPUT…: an optional run folder (one holding run.json; default: the "
                 "latest brain run under ./runs), then case folders, dataset folders or image files.",
                 show_default=False,
-                metavar="[RUN] INPUT...",
+                metavar="[RUN] INPUT",
             ),
         ],
         out: Annotated[

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,11 @@ def train_from_recipe(
     console: Console | None = None,
     progress: bool | None = None,
     evaluate: bool = True,
+    model: torch.nn.Module | Any = None,
+    freeze: Sequence[str] = (),
+    keep_trainable: Sequence[str] = (),
+    run_extra: dict[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> Path:
     """Train the recipe's model on a prepared cache and return the run folder.
 
@@ -160,14 +166,28 @@ def train_from_recipe(
     Progress bars are drawn when ``progress`` (default: the console is a terminal).
     Under ``torch.distributed`` every rank trains on its own shard of each epoch's patches
     and rank 0 writes the run folder.
+
+    Transfer (``braver.transfer_study``): ``model`` starts from this network instead of
+    ``create_model`` (a module, or a function of the training cases' class frequencies that
+    returns one); ``freeze`` names groups (``braver.models.naming``) kept frozen in every phase,
+    except the parameters named in ``keep_trainable`` (e.g. re-initialised ones); a cascade's
+    ``first`` phase is skipped when that leaves its first network nothing to train.
+    ``run_extra`` is merged into run.json's ``extra``; ``callbacks`` join every fit.
     """
     from braver.data.blocks import patch_dataloaders, set_sampling
     from braver.data.sampling import PatchSampler, split_cases
     from braver.models import create_model
     from braver.models.naming import parameter_count
-    from braver.train.callbacks import History, freeze_groups, read_history, train_only
+    from braver.train.callbacks import (
+        History,
+        freeze_groups,
+        group_parameters,
+        read_history,
+        train_only,
+    )
     from braver.train.learner import build_learner, fast_conv_backward, fit_stage
 
+    extra_callbacks = list(callbacks)
     dist = Distributed.current()
     console = console if dist.main else None
     device = _check_device(device)
@@ -212,14 +232,17 @@ def train_from_recipe(
     train_sampler = PatchSampler.from_cache(cache, train_cases, scheme.num_classes)
     totals = train_sampler.class_totals.astype(np.float64)
     frequencies = (totals / totals.sum()).tolist() if recipe.model.bias_from_frequencies else None
-    model = create_model(
-        recipe.model.name,
-        in_channels=len(cache.channels),
-        num_classes=scheme.num_classes,
-        maxout_k=recipe.model.maxout_k,
-        dropout=recipe.model.dropout,
-        class_frequencies=frequencies,
-    )
+    if model is not None and not isinstance(model, torch.nn.Module):
+        model = model(frequencies)
+    if model is None:
+        model = create_model(
+            recipe.model.name,
+            in_channels=len(cache.channels),
+            num_classes=scheme.num_classes,
+            maxout_k=recipe.model.maxout_k,
+            dropout=recipe.model.dropout,
+            class_frequencies=frequencies,
+        )
     if resume is not None and (folder / CHECKPOINT).exists():
         from safetensors.torch import load_file
 
@@ -239,6 +262,7 @@ def train_from_recipe(
             prepare=dict(cache.summary.get("settings", {})),
             extra={"recipe": recipe.name, "train_cases": train_cases, "device": device},
         )
+        info.extra.update(run_extra or {})
         if dist.main:
             write_text(folder / "recipe.toml", recipe.to_toml())
             save_run_info(folder, info)
@@ -279,9 +303,16 @@ def train_from_recipe(
             )
         return dls_cache[key]
 
+    kept = set(keep_trainable)
+    frozen = [p for p in group_parameters(model, freeze) if p not in kept] if freeze else []
     for phase in plan_phases(recipe, model):
         if phase.name in state["finished"] or phase.epochs == 0:
             continue
+        if phase.first_network and frozen:
+            first = [n for n, _ in model.first.named_parameters()]
+            if all(f"first.{n}" in frozen for n in first):
+                _say(console, f"[bold cyan]{phase.name}[/]: skipped (the first network is frozen)")
+                continue
         start_epoch = state["epochs_done"] if state.get("phase") == phase.name else 0
         net = model.first if phase.first_network else model
         dls = loaders(net.input_sizes)
@@ -295,6 +326,8 @@ def train_from_recipe(
         trainable = train_only(net, phase.train)
         if phase.freeze:
             trainable = freeze_groups(model, phase.freeze)
+        if frozen:
+            trainable = _freeze_parameters(model, net, frozen)
         trainable_log[phase.name] = trainable
         _say(
             console,
@@ -325,6 +358,7 @@ def train_from_recipe(
         )
         history.epoch_offset = start_epoch
         callbacks = [history, Checkpoint(folder, model, state, phase.name, start_epoch)]
+        callbacks += list(extra_callbacks)
         if wandb_run is not None:
             from fastai.callback.wandb import WandbCallback
 
@@ -359,6 +393,17 @@ def train_from_recipe(
     if wandb_run is not None:
         wandb_run.finish()
     return folder
+
+
+def _freeze_parameters(model: torch.nn.Module, net: torch.nn.Module, names: list[str]) -> int:
+    """Freeze these parameters of ``model`` (full names); trainable parameters left in ``net``."""
+    from braver.models.naming import trainable_parameters
+
+    params = dict(model.named_parameters())
+    for name in names:
+        params[name].requires_grad_(False)
+        params[name].grad = None
+    return trainable_parameters(net)
 
 
 def _finish(folder, model, cache, valid_cases, history_rows, device, evaluate, console, info):

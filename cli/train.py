@@ -21,6 +21,37 @@ def _dataset_cache(data: Path) -> Path:
     return cache_root() / "datasets" / f"{resolved.name}-{key}"
 
 
+def prepare_data(
+    data: Path, *, format: str | None, workers: int, progress: bool, settings=None
+) -> Path:
+    """Prepare a dataset folder into its cache (``_dataset_cache``), reporting failed cases;
+    returns the cache folder. Shared with ``braver transfer``."""
+    from braver.data.preprocess import prepare_dataset
+
+    if not data.exists():
+        raise BraverError("dataset folder not found", data, "check the --data path")
+    cache = _dataset_cache(data)
+    console.print(f"Preparing [bold]{data}[/] into the cache {cache}")
+    report = prepare_dataset(
+        data,
+        cache,
+        settings,
+        format=format,
+        workers=workers,
+        progress=progress,
+        console=console,
+    )
+    if report.failed:
+        first = report.failed[0]
+        console.print(
+            f"[yellow]{len(report.failed)} case(s) could not be prepared[/] "
+            f"(first: {first.case_id}: {first.reason}); training on the others"
+        )
+    if not report.summary and not (cache / "summary.json").exists():
+        raise BraverError("no case could be prepared", data, "see 'braver data inspect'")
+    return cache
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
@@ -107,23 +138,7 @@ def register(app: typer.Typer) -> None:
             )
             _, cache = default_phantom_cache(loaded.kind, progress=progress)
         else:
-            from braver.data.preprocess import prepare_dataset
-
-            if not data.exists():
-                raise BraverError("dataset folder not found", data, "check the --data path")
-            cache = _dataset_cache(data)
-            console.print(f"Preparing [bold]{data}[/] into the cache {cache}")
-            report = prepare_dataset(
-                data, cache, format=format, workers=workers, progress=progress, console=console
-            )
-            if report.failed:
-                first = report.failed[0]
-                console.print(
-                    f"[yellow]{len(report.failed)} case(s) could not be prepared[/] "
-                    f"(first: {first.case_id}: {first.reason}); training on the others"
-                )
-            if not report.summary and not (cache / "summary.json").exists():
-                raise BraverError("no case could be prepared", data, "see 'braver data inspect'")
+            cache = prepare_data(data, format=format, workers=workers, progress=progress)
         folder = train_from_recipe(
             loaded,
             cache=cache,

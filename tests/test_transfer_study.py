@@ -1,0 +1,221 @@
+"""braver.transfer_study: freeze values, setups, the liver recipe, and freezing during a fit."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import braver.transfer
+from braver.data.phantoms import synth_liver
+from braver.data.preprocess import prepare_dataset
+from braver.errors import BraverError
+from braver.models import create_model
+from braver.recipe import shipped_recipe
+from braver.transfer_study import (
+    Setup,
+    TransferSettings,
+    load_liver_recipe,
+    plan_setups,
+    resolve_freeze,
+    train_setup,
+)
+
+# one short epoch per phase on 12x12 tiles (also used by tests/cli/test_transfer.py)
+TINY = [
+    "data.tile=4",
+    "data.batch_size=2",
+    "data.validation_patches=4",
+    "stage1.epochs=1",
+    "stage1.patches_per_epoch=4",
+    "stage2.epochs=1",
+    "stage2.patches_per_epoch=4",
+    "cascade.first_epochs=1",
+    "cascade.first_patches_per_epoch=4",
+]
+
+
+def write_tiny_liver_cache(root):
+    """Three 40x40x16 liver phantoms (LiTS layout) and their prepared cache."""
+    data = synth_liver(root / "liver", cases=3, seed=0, shape=(40, 40, 16))
+    prepare_dataset(data, root / "liver-cache", progress=False)
+    return root / "liver-cache"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def liver_cache(tmp_path_factory):
+    return write_tiny_liver_cache(tmp_path_factory.mktemp("transfer"))
+
+
+def liver_recipe(*extra):
+    return load_liver_recipe(shipped_recipe("liver"), [*TINY, *extra], profile="phantom")
+
+
+def test_freeze_presets_and_names():
+    twopath = create_model("twopath")
+    assert resolve_freeze(twopath, "both") == ["local", "global"]
+    assert resolve_freeze(twopath, "none") == []
+    assert resolve_freeze(twopath, "local, output") == ["local", "output"]
+    assert resolve_freeze(twopath, "conv2") == ["conv2"]  # a layer (unique suffix)
+    cascade = create_model("input_cascade")
+    assert resolve_freeze(cascade, "first") == ["first"]
+    assert resolve_freeze(cascade, "second.local,first") == ["second.local", "first"]
+    with pytest.raises(BraverError) as error:
+        resolve_freeze(twopath, "first")  # no cascade, no first network
+    message = str(error.value)
+    assert "--freeze 'first': not a group or layer of this twopath network" in message
+    assert "presets: both, none; groups: local, global, output; layers: local.conv1" in message
+    with pytest.raises(BraverError, match="matches several layers"):
+        resolve_freeze(cascade, "conv2")
+
+
+def test_default_setups_reproduce_the_seed_study():
+    _, settings = liver_recipe()
+    names = [s.name for s in plan_setups(create_model("input_cascade"), None, False, settings)]
+    assert names == ["local scale", "global scale", "both scales", "baseline (from scratch)"]
+    setups = plan_setups(create_model("twopath"), None, False, settings)
+    assert [(s.name, s.freeze) for s in setups] == [
+        ("freeze local", ["local"]),
+        ("freeze global", ["global"]),
+        ("freeze both", ["local", "global"]),
+        ("freeze none", []),
+        ("baseline (from scratch)", []),
+    ]
+    assert setups[-1].baseline
+    # --freeze given: those setups only, the baseline when asked for
+    setups = plan_setups(create_model("twopath"), ["local", "local"], False, settings)
+    assert [s.name for s in setups] == ["freeze local #1", "freeze local #2"]
+    setups = plan_setups(create_model("twopath"), ["global,output"], True, settings)
+    assert [s.name for s in setups] == ["freeze global+output", "baseline (from scratch)"]
+    with pytest.raises(BraverError, match="no default setups"):
+        plan_setups(create_model("twopath"), None, False, TransferSettings(baseline=False))
+
+
+def test_liver_recipe_tables_and_overrides(tmp_path):
+    recipe, settings = liver_recipe("transfer.strategy=average", "prepare.hu_window=[-100, 200]")
+    assert recipe.kind == "liver" and recipe.name == "liver-phantom" and recipe.data.mode == "tile"
+    assert recipe.stage2.train == ["output"]  # dual-stage schedule
+    assert settings.strategy == "average" and settings.baseline
+    assert settings.prepare["hu_window"] == [-100, 200]
+    base, _ = load_liver_recipe(shipped_recipe("liver"))
+    assert base.data.mode == "patch" and base.name == "liver"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kind = "liver"\n[transfer]\nstrategy = "sum"\nfreeze = ["local"]\n')
+    with pytest.raises(BraverError, match="unknown key transfer.freeze"):
+        load_liver_recipe(bad)
+    with pytest.raises(BraverError, match="transfer.strategy = 'median' is not a strategy"):
+        liver_recipe("transfer.strategy=median")
+    with pytest.raises(BraverError, match="unknown key stage1.epoch"):
+        liver_recipe("stage1.epoch=2")
+
+
+def _seeded_brain(name):
+    torch.manual_seed(1)
+    model = create_model(name, dropout=0.0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    return model
+
+
+def _fit(setup, brain, liver_cache, tmp_path, monkeypatch):
+    """Train one setup; returns (start weights, final weights, run folder)."""
+    from braver.data.cache import Cache
+
+    starts = []
+    adapt = braver.transfer.adapt_for_transfer
+
+    def remember(*args, **kwargs):
+        model, description = adapt(*args, **kwargs)
+        starts.append(copy.deepcopy(model.state_dict()))
+        return model, description
+
+    monkeypatch.setattr(braver.transfer, "adapt_for_transfer", remember)
+    recipe, _ = liver_recipe()
+    run = train_setup(
+        setup,
+        recipe,
+        brain,
+        tmp_path / "brain-run",
+        Cache.open(liver_cache),
+        out=tmp_path / "runs",
+        device="cpu",
+        data=None,
+        strategy="sum",
+        class_map="reinit",
+        console=None,
+        progress=False,
+    )
+    return (starts[-1] if starts else None), load_file(str(run / "model.safetensors")), run
+
+
+def test_frozen_groups_stay_bit_identical_and_new_outputs_learn(liver_cache, tmp_path, monkeypatch):
+    brain = _seeded_brain("twopath")
+    setup = Setup("freeze local", ["local"], "local")
+    start, final, run = _fit(setup, brain, liver_cache, tmp_path, monkeypatch)
+    for name, value in final.items():
+        if name.startswith("local."):
+            assert torch.equal(value, start[name]), name
+    assert not torch.equal(final["output.weight"], start["output.weight"])
+    assert not torch.equal(final["global.conv1.weight"], start["global.conv1.weight"])
+    # the CT channel's first-layer weights are the brain's summed over its 4 channels
+    assert torch.allclose(
+        final["local.conv1.weight"], brain.local.conv1.weight.sum(1, keepdim=True)
+    )
+    info = json.loads((run / "run.json").read_text())
+    transfer = info["extra"]["transfer"]
+    assert info["kind"] == "liver" and info["model"]["in_channels"] == 1
+    assert transfer["freeze"] == ["local"] and transfer["strategy"] == "sum"
+    assert transfer["description"]["reinitialised"] == ["output.weight", "output.bias"]
+    local = sum(v.numel() for n, v in final.items() if n.startswith("local."))
+    assert transfer["trained_parameters"] == sum(v.numel() for v in final.values()) - local
+    history = (run / "history.csv").read_text().splitlines()
+    assert "train_patch_accuracy" in history[0] and len(history) == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["liver_dice"] <= 1 and 0 <= metrics["patch"]["train_patch_accuracy"] <= 1
+
+
+def test_cascade_local_scale_keeps_the_first_network_but_its_new_output(
+    liver_cache, tmp_path, monkeypatch
+):
+    brain = _seeded_brain("input_cascade")
+    setup = Setup("local scale", ["first"], "first")
+    start, final, run = _fit(setup, brain, liver_cache, tmp_path, monkeypatch)
+    for name, value in final.items():
+        if name.startswith("first.") and not name.startswith("first.output"):
+            assert torch.equal(value, start[name]), name
+    # re-initialised parameters stay trainable: the first network's output learns in its phase
+    assert not torch.equal(final["first.output.weight"], start["first.output.weight"])
+    assert not torch.equal(final["second.global.conv1.weight"], start["second.global.conv1.weight"])
+    stages = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert stages == ["first", "stage1", "stage2"]
+
+
+def test_first_phase_skipped_when_the_first_network_is_entirely_frozen(
+    liver_cache, tmp_path, monkeypatch
+):
+    brain = _seeded_brain("input_cascade")
+    recipe, _ = liver_recipe()
+    from braver.data.cache import Cache
+    from braver.train import train_from_recipe
+
+    model, _ = braver.transfer.adapt_for_transfer(brain, 1, 3)
+    before = copy.deepcopy(model.state_dict())
+    run = train_from_recipe(
+        recipe, cache=Cache.open(liver_cache), out=tmp_path, model=model, freeze=["first"]
+    )
+    stages = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert stages == ["stage1", "stage2"]
+    after = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(after[n], before[n]) for n in before if n.startswith("first."))

@@ -354,7 +354,7 @@ def _results_table(result, title: str):
         show_lines=True,
     )
     table.add_column("variant", min_width=16, overflow="fold")
-    table.add_column("params removed", justify="right", max_width=8)
+    table.add_column("params removed", justify="right", max_width=9)
     table.add_column("accuracy*", justify="right", max_width=9)
     scores = [ACCURACY, *result.dice_columns]
     for region in result.regions:

@@ -234,6 +234,17 @@ def test_bad_names_and_incompatible_layers_exit_2(tmp_path, cache):
     assert result.exit_code == 2 and "is ambiguous" in result.output
 
 
+def test_diverged_weights_are_refused(tmp_path, cache):
+    from safetensors.torch import load_file, save_file
+
+    run = make_run(tmp_path / "run", cache=cache)
+    state = load_file(str(run / "model.safetensors"))
+    state["output.bias"][0] = float("nan")
+    save_file(state, str(run / "model.safetensors"))
+    result = runner.invoke(app, ["prune", str(run), "--identity", "conv2"])
+    assert result.exit_code == 2 and "the training diverged" in result.output
+
+
 def test_run_without_cache_needs_data(tmp_path):
     run = make_run(tmp_path / "run")
     result = runner.invoke(app, ["prune", str(run), "--identity", "conv2"])

@@ -133,3 +133,23 @@ def test_wandb_missing_is_a_clear_error(phantoms, tmp_path, monkeypatch):
     )
     assert result.exit_code == 2 and "pip install wandb" in result.output
     assert not (tmp_path / "r").exists()  # nothing half-made
+
+
+@pytest.mark.slow
+def test_train_with_data_prepares_a_cache_once(tmp_path):
+    from braver.data.phantoms import synth_brain
+
+    data = synth_brain(tmp_path / "BraTS", cases=3, seed=1, shape=(24, 24, 16))
+    args = ["train", "brain", "--data", str(data), "--out", str(tmp_path / "runs")]
+    sets = _sets([*TINY, "data.validation_fraction=0.34", "stage1.epochs=1"])
+    result = runner.invoke(app, [*args, *sets])
+    assert result.exit_code == 0, result.output
+    assert "Preparing" in result.output
+    (folder,) = (tmp_path / "runs").iterdir()
+    info = json.loads((folder / "run.json").read_text())
+    assert info["data"] == str(data) and Path(info["cache"]).is_dir()
+    # the same folder again reuses its cache
+    again = runner.invoke(app, [*args, *sets])
+    assert again.exit_code == 0, again.output
+    infos = [json.loads((f / "run.json").read_text()) for f in (tmp_path / "runs").iterdir()]
+    assert len({i["cache"] for i in infos}) == 1

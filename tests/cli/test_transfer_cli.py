@@ -116,3 +116,27 @@ def test_transfer_liver_writes_runs_and_the_comparison(tmp_path, monkeypatch, li
     result = runner.invoke(app, ["evaluate", rows[0]["run"], "--out", str(out), "--no-overlays"])
     assert result.exit_code == 0, result.output
     assert "liver_dice" in json.loads((out / "metrics.json").read_text())["summary"]
+
+
+@pytest.mark.slow
+def test_transfer_on_an_msd_liver_folder_prepares_it_with_the_recipe_window(tmp_path):
+    layouts = _load(TESTS / "data" / "fixture_layouts.py", "braver_test_fixture_layouts")
+    task = layouts.write_msd_liver(tmp_path / "msd", cases=2)
+    brain = evaluate.make_run(tmp_path / "brain")
+    out = tmp_path / "runs"
+    args = ["transfer", "liver", "--from", str(brain), "--data", str(task), "--out", str(out)]
+    window = [
+        "--freeze",
+        "both",
+        "--set",
+        "prepare.hu_window=[-100, 200]",
+        "--set",
+        "data.mode=tile",
+    ]
+    result = runner.invoke(app, [*args, *window, *_sets(study.TINY)])
+    assert result.exit_code == 0, result.output
+    (run,) = out.glob("liver-freeze-both-*")  # the base recipe: no phantom profile
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"] == str(task) and info["prepare"]["hu_window"] == [-100.0, 200.0]
+    assert Path(info["cache"]).name.startswith("Task03_Liver-")
+    assert info["channels"] == ["ct"] and info["extra"]["transfer"]["freeze"] == ["local", "global"]

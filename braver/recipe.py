@@ -30,6 +30,7 @@ class ModelSection:
     maxout_k: int = 2
     dropout: float = 0.5
     bias_from_frequencies: bool = True
+    init: str = "paper"  # "paper": kernels U(-0.005, 0.005); "he": scaled by each layer's fan-in
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Recipe:
             ("optim.class_weight_power", 0 <= self.optim.class_weight_power <= 1, "in [0, 1]"),
             ("model.maxout_k", self.model.maxout_k >= 1, "a positive integer"),
             ("model.dropout", 0 <= self.model.dropout < 1, "in [0, 1)"),
+            ("model.init", self.model.init in ("paper", "he"), "one of paper, he"),
         ]
         for name in ("stage1", "stage2"):
             stage: StageSection = getattr(self, name)

@@ -6,12 +6,18 @@ happen inside the command functions so that ``braver --help`` stays instant.
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated
 
 import typer
 
 from braver.cli import data, evaluate, models, predict, prune, train, transfer
 from braver.cli._common import BraverGroup, console, state
+
+# fastai 2.8 calls torch.jit.script at import; torch 2.14 warns about it on every command
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+)
 
 app = typer.Typer(
     name="braver",

@@ -62,6 +62,7 @@ class CascadeCNN(BraverModel):
         class_frequencies: Sequence[float] | None = None,
         bias: bool = True,
         init_range: float = PAPER_INIT_RANGE,
+        init: str = "paper",
     ):
         super().__init__()
         freqs = check_options(
@@ -72,6 +73,7 @@ class CascadeCNN(BraverModel):
             class_frequencies=class_frequencies,
             bias=bias,
             init_range=init_range,
+            init=init,
         )
         options = {
             "in_channels": in_channels,
@@ -81,6 +83,7 @@ class CascadeCNN(BraverModel):
             "class_frequencies": freqs,
             "bias": bool(bias),
             "init_range": float(init_range),
+            "init": init,
         }
         self._store_options(options)
         self.first = TwoPathCNN(**options)
@@ -168,8 +171,11 @@ def _cascade_factory(cls: type[CascadeCNN], name: str, alias: str, doc: str):
         class_frequencies: Sequence[float] | None = None,
         bias: bool = True,
         init_range: float = PAPER_INIT_RANGE,
+        init: str = "paper",
     ) -> CascadeCNN:
-        return cls(in_channels, num_classes, maxout_k, dropout, class_frequencies, bias, init_range)
+        return cls(
+            in_channels, num_classes, maxout_k, dropout, class_frequencies, bias, init_range, init
+        )
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = doc

@@ -240,6 +240,7 @@ def train_from_recipe(
             in_channels=len(cache.channels),
             num_classes=scheme.num_classes,
             maxout_k=recipe.model.maxout_k,
+            init=recipe.model.init,
             dropout=recipe.model.dropout,
             class_frequencies=frequencies,
         )

@@ -63,8 +63,23 @@ def test_defaults_follow_the_contract():
         "class_frequencies": None,
         "bias": True,
         "init_range": 0.005,
+        "init": "paper",
     }
     assert model.input_sizes == (33, 65)
     assert create_model("local_cascade").input_sizes == (33, 56)
     assert create_model("mf_cascade").input_sizes == (33, 53)
     assert create_model("twopath").input_sizes == (33,)
+
+
+def test_he_init_scales_each_layer_by_its_fan_in():
+    model = create_model("twopath", init="he")
+    for layer, fan_in in ((model.local.conv1, 4 * 49), (model.output, 224 * 441)):
+        bound = (6.0 / fan_in) ** 0.5
+        assert float(layer.weight.abs().max()) <= bound
+        assert float(layer.weight.abs().max()) > 0.9 * bound
+    assert create_model(**model.config).config["init"] == "he"
+
+
+def test_unknown_init_lists_the_choices():
+    with pytest.raises(BraverError, match="paper"):
+        create_model("twopath", init="xavier")

@@ -244,12 +244,14 @@ def plan_setups(
 
 
 class TrainRecord(Callback):
-    """Accuracy on the training batches of each epoch and which parameters were trained."""
+    """Per epoch: accuracy on the training batches and the process's CPU seconds (robust to
+    other jobs sharing the CPU, unlike wall time); which parameters were trained."""
 
     order = 60  # before History (65), after the Recorder
 
     def __init__(self):
         self.accuracies: list[float] = []
+        self.cpu_seconds: list[float] = []
         self.trained: dict[int, int] = {}
         self.correct = self.total = 0
 
@@ -260,6 +262,7 @@ class TrainRecord(Callback):
 
     def before_epoch(self):
         self.correct = self.total = 0
+        self.cpu_start = time.process_time()
 
     def after_batch(self):
         if not self.training:
@@ -272,6 +275,7 @@ class TrainRecord(Callback):
     def after_epoch(self):
         correct = float(self.correct)
         self.accuracies.append(correct / self.total if self.total else math.nan)
+        self.cpu_seconds.append(round(time.process_time() - self.cpu_start, 2))
 
     @property
     def trained_parameters(self) -> int:
@@ -451,6 +455,7 @@ def _record_training(run: Path, record: TrainRecord) -> None:
         plot_learning_curves(history, run / "learning_curves.png")
     info = load_run_info(run)
     info.extra["transfer"]["trained_parameters"] = record.trained_parameters
+    info.extra["transfer"]["cpu_seconds_per_epoch"] = record.cpu_seconds
     save_run_info(run, info)
     metrics_path = run / "metrics.json"
     if metrics_path.exists():
@@ -474,12 +479,14 @@ def comparison_row(setup: Setup, run: Path) -> dict:
     seconds = [_float(r.get("time")) for r in history]
     seconds = [s for s in seconds if not math.isnan(s)]
     last = history[-1] if history else {}
+    cpu = info.extra["transfer"].get("cpu_seconds_per_epoch") or []
     return {
         "setup": setup.name,
         "freeze": ", ".join(setup.freeze) or "none",
         "trainable_parameters": int(info.extra["transfer"]["trained_parameters"]),
         "epochs": len(history),
         "seconds_per_epoch": round(sum(seconds) / len(seconds), 2) if seconds else None,
+        "cpu_seconds_per_epoch": round(sum(cpu) / len(cpu), 2) if cpu else None,
         "train_seconds": info.extra.get("train_seconds"),
         "train_accuracy": _float(last.get("train_patch_accuracy")),
         "valid_accuracy": _float(last.get("patch_accuracy")),
@@ -501,6 +508,7 @@ SHOWN = {  # terminal table: column → heading (the files keep every column)
     "freeze": "frozen",
     "trainable_parameters": "trained params",
     "seconds_per_epoch": "s / epoch",
+    "cpu_seconds_per_epoch": "CPU s / epoch",
     "train_accuracy": "train acc",
     "valid_accuracy": "valid acc",
     "liver_dice": "liver Dice",

@@ -101,7 +101,7 @@ def test_transfer_liver_writes_runs_and_the_comparison(tmp_path, monkeypatch, li
     for row in rows:
         for key in ("train_accuracy", "valid_accuracy", "liver_dice", "tumor_dice"):
             assert 0.0 <= float(row[key]) <= 1.0, key
-        assert float(row["seconds_per_epoch"]) > 0
+        assert float(row["seconds_per_epoch"]) > 0 and float(row["cpu_seconds_per_epoch"]) > 0
     report = json.loads((folder / "transfer.json").read_text())
     assert report["source_run"] == "runs/brain-1" and report["strategy"] == "sum"
     assert "Transfer brain-1 → liver (sum channels)" in result.output

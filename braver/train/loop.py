@@ -211,6 +211,9 @@ def train_from_recipe(
         cache = Cache.open(info.cache)
         train_cases = list(info.extra["train_cases"])
         valid_cases = list(info.validation_cases)
+        transfer = info.extra.get("transfer", {})  # a transfer setup keeps its frozen groups
+        freeze = freeze or transfer.get("freeze", ())
+        keep_trainable = keep_trainable or transfer.get("kept_trainable", ())
         _say(console, f"[bold]Resuming[/] {folder} after {_where(state)}")
     else:
         if cache is None:
@@ -381,6 +384,14 @@ def train_from_recipe(
             freeze_groups(model, ["first"])
 
     model.requires_grad_(True)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        # TerminateOnNaNCallback stopped the fit; weights are not written, so no later
+        # command mistakes this folder for a finished run
+        raise BraverError(
+            "training diverged (the loss became NaN) and no weights were written",
+            folder,
+            f"lower the learning rate, e.g. --set optim.lr={recipe.optim.lr / 5:g}",
+        )
     seconds = round(time.time() - started, 1)
     info.extra["trainable_parameters"] = trainable_log
     info.extra["train_seconds"] = seconds + float(info.extra.get("train_seconds", 0.0))

@@ -377,6 +377,7 @@ def train_setup(
             name=config["name"],
             maxout_k=config["maxout_k"],
             dropout=config["dropout"],
+            init=config.get("init", recipe.model.init),
         ),
     )
     extra: dict[str, Any] = {

@@ -219,3 +219,35 @@ def test_first_phase_skipped_when_the_first_network_is_entirely_frozen(
     assert stages == ["stage1", "stage2"]
     after = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(after[n], before[n]) for n in before if n.startswith("first."))
+
+
+def test_an_interrupted_setup_resumes_with_its_groups_frozen(liver_cache, tmp_path, monkeypatch):
+    from braver.recipe import load_recipe
+    from braver.train import loop
+
+    original = loop.Checkpoint.after_epoch
+
+    def interrupt(self):
+        original(self)
+        if self.phase == "stage1" and self.state["epochs_done"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Checkpoint, "after_epoch", interrupt)
+    brain = _seeded_brain("twopath")
+    recipe, _ = liver_recipe("stage1.epochs=2")
+    from braver.data.cache import Cache
+
+    setup = Setup("freeze local", ["local"], "local")
+    with pytest.raises(KeyboardInterrupt):
+        train_setup(
+            setup, recipe, brain, tmp_path / "brain-run", Cache.open(liver_cache),
+            out=tmp_path / "runs", device="cpu", data=None, strategy="sum",
+            class_map="reinit", console=None, progress=False,
+        )  # fmt: skip
+    monkeypatch.setattr(loop.Checkpoint, "after_epoch", original)
+    (folder,) = (tmp_path / "runs").iterdir()
+    start = load_file(str(folder / "checkpoint.safetensors"))
+    run = loop.train_from_recipe(load_recipe(folder / "recipe.toml"), resume=folder)
+    final = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(final[n], start[n]) for n in start if n.startswith("local."))
+    assert not torch.equal(final["output.weight"], start["output.weight"])

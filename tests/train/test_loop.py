@@ -45,3 +45,23 @@ def test_cascade_trains_first_network_then_keeps_it_frozen(tiny_cache, tmp_path,
     assert changed
     history = (folder / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["first", "stage1", "stage2"]
+
+
+def test_a_diverged_run_is_an_error_and_writes_no_weights(tiny_cache, tmp_path, monkeypatch):
+    """A NaN loss stops the fit; the command says so instead of reporting Dice 0."""
+    from braver.errors import BraverError
+    from braver.runs import WEIGHTS_FILE
+    from braver.train import learner
+
+    original = learner.fit_stage
+
+    def fit_then_poison(learn, *args, **kwargs):
+        original(learn, *args, **kwargs)
+        with torch.no_grad():
+            next(learn.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(learner, "fit_stage", fit_then_poison)
+    recipe = load_recipe(shipped_recipe("brain"), TINY)
+    with pytest.raises(BraverError, match="diverged"):
+        loop.train_from_recipe(recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False)
+    assert not list(tmp_path.glob(f"*/{WEIGHTS_FILE}"))

@@ -65,9 +65,10 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "init": "paper",
 }
 
-#: Kernel initialisations: the paper's U(−a, a) for every layer, or He-uniform scaled per
-#: layer by its fan-in (ours: with a = 0.005 the two-layer local path starts ~10x weaker than
-#: the global path and barely learns in a short CPU run).
+#: Kernel initialisations: the paper's U(−a, a) for every layer (default), or He-uniform
+#: scaled per layer by its fan-in (ours). With a = 0.005 the two-layer local path starts ~10x
+#: weaker than the global path; "he" evens that out, but on the phantom profile it needs a
+#: lower learning rate (0.005 diverges) and did not beat the paper's init in a short CPU run.
 INITS = ("paper", "he")
 
 

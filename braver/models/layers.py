@@ -14,12 +14,13 @@ from torch import nn
 PAPER_INIT_RANGE = 0.005
 
 
-class _ConvBackwardByConvolutions(torch.autograd.Function):
+class ConvBackwardByConvolutions(torch.autograd.Function):
     """A valid, stride-1 convolution whose backward is written as forward convolutions.
 
     On the CPU (oneDNN) the weight gradient of the wide first-layer kernels (13×13 and 7×7 over
-    the image channels) took 2–4× the forward; as a correlation of the input with the output
-    gradient it takes about 1–2×. Same values up to float rounding.
+    the image channels) took 2–4× the forward, and the whole backward of the 21×21 output
+    layer (224 maps in, a few classes out) about 20× its forward; as forward convolutions
+    they cost about 1–2× the forward. Same values up to float rounding.
     """
 
     @staticmethod
@@ -79,7 +80,7 @@ class Maxout(nn.Conv2d):
             and self.weight.requires_grad
             and not x.requires_grad
         ):
-            y = _ConvBackwardByConvolutions.apply(x, self.weight, self.bias)
+            y = ConvBackwardByConvolutions.apply(x, self.weight, self.bias)
         else:
             y = F.conv2d(x, self.weight, self.bias)
         if self.pieces == 1:

@@ -22,6 +22,7 @@ from fastai.optimizer import SGD
 from torch import nn
 
 from braver.data.labels import LabelScheme
+from braver.models.layers import ConvBackwardByConvolutions
 from braver.recipe import OptimSection
 from braver.train.callbacks import ClassWeights, DropFrozenGrads, L1Penalty, MaxNorm
 
@@ -48,40 +49,10 @@ class PixelCrossEntropy(nn.Module):
         return probs.argmax(dim=1)
 
 
-class _ConvGradsByConvolutions(torch.autograd.Function):
-    """A valid, stride-1 convolution whose backward is two forward convolutions.
-
-    On the CPU (oneDNN), the backward of a wide, thin layer such as the paper's 21 x 21 output
-    layer (224 maps in, a handful of classes out) ran about 20x slower than its forward here;
-    written as forward convolutions it costs about twice the forward, as it should. Same values.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        kh, kw = weight.shape[-2:]
-        if ctx.needs_input_grad[0]:
-            padded = F.pad(grad, (kw - 1, kw - 1, kh - 1, kh - 1))
-            grad_x = F.conv2d(padded, weight.flip(-1, -2).transpose(0, 1))
-        if ctx.needs_input_grad[1]:
-            # the batch plays the channels: correlate every input map with every output grad
-            grad_w = F.conv2d(x.transpose(0, 1), grad.transpose(0, 1)).transpose(0, 1)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b
-
-
 def _conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(self.kernel_size):  # one output pixel: the layer's own path
         return type(self).forward(self, x)
-    return _ConvGradsByConvolutions.apply(x, self.weight, self.bias)
+    return ConvBackwardByConvolutions.apply(x, self.weight, self.bias)
 
 
 def _plain_convolution_types() -> tuple[type, ...]:

@@ -154,3 +154,23 @@ def resolve_run(run: str | Path | None, runs_dir: str | Path, kind: str, command
             f"run 'braver train {kind}' first, or pass RUN to '{command}'",
         )
     return latest
+
+
+def validation_cache(folder: str | Path, info: RunInfo, hint: str):
+    """The run's prepared cache, checked to exist and to list validation cases.
+
+    ``hint`` says what to do instead (each command offers its own ``--data``).
+    """
+    from braver.data.cache import Cache
+
+    run_file = Path(folder) / RUN_FILE
+    if not info.cache or not info.validation_cases:
+        raise BraverError("records no cache with validation cases", run_file, hint)
+    cache_path = Path(info.cache)
+    if not cache_path.exists():
+        raise BraverError(
+            f"the run's cache {cache_path} is gone",
+            run_file,
+            f"prepare it again ('braver data prepare') or {hint}",
+        )
+    return Cache.open(cache_path)

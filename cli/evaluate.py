@@ -251,23 +251,11 @@ def _predict_and_score(model, info, run: Path, data: Path, format: str | None, o
 
 
 def _score_cache(model, info, run: Path, options: dict):
-    from braver.data.cache import Cache
     from braver.inference import score_cached_case
+    from braver.runs import validation_cache
 
-    if not info.cache or not info.validation_cases:
-        raise BraverError(
-            "records no cache with validation cases",
-            run / "run.json",
-            "pass --data DATA to predict and score a labelled dataset",
-        )
-    cache_path = Path(info.cache)
-    if not cache_path.exists():
-        raise BraverError(
-            f"the run's cache {cache_path} is gone",
-            run / "run.json",
-            "prepare it again ('braver data prepare') or pass --data DATA",
-        )
-    cache = Cache.open(cache_path)
+    cache = validation_cache(run, info, "pass --data DATA to predict and score a labelled dataset")
+    cache_path = cache.root
     scheme = cache.scheme
 
     def scored(tracker):

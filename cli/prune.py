@@ -271,22 +271,10 @@ def _cases(run: Path, info, data: Path | None, format: str | None, limit: int):
         source = {"kind": "dataset", "data": str(data), "geometry": "preprocessed grid"}
         return source, info.scheme, prepared_cases(info, labelled), len(labelled)
 
-    from braver.data.cache import Cache
+    from braver.runs import validation_cache
 
-    if not info.cache or not info.validation_cases:
-        raise BraverError(
-            "records no cache with validation cases",
-            run / "run.json",
-            "pass --data DATA to evaluate on a labelled dataset",
-        )
-    cache_path = Path(info.cache)
-    if not cache_path.exists():
-        raise BraverError(
-            f"the run's cache {cache_path} is gone",
-            run / "run.json",
-            "prepare it again ('braver data prepare') or pass --data DATA",
-        )
-    cache = Cache.open(cache_path)
+    cache = validation_cache(run, info, "pass --data DATA to evaluate on a labelled dataset")
+    cache_path = cache.root
     ids = list(info.validation_cases)
     ids = ids[:limit] if limit else ids
     for case_id in ids:

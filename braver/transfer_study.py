@@ -14,9 +14,11 @@ Freeze values (``--freeze``; a comma list freezes several together):
 * ``first``, ``second``: a whole network of a cascade; ``first.local`` … and layer names
   (``braver.models.naming``).
 
-Parameters that the adaptation re-initialised, fully or partly (output layers, a cascade's
-weights on the first network's class map) stay trainable whatever is frozen: they start from
-nothing. In the seed's InputCascadeCNN "local scale" is the 33×33 second network (freeze
+Parameters that the adaptation re-initialised stay trainable whatever is frozen: they start
+from nothing. That is the output layer(s), and in a cascade the second network's weights on the
+first network's class map (5 brain classes → 3 liver classes): when that network is frozen,
+only those input channels of its first layers learn (:class:`FrozenSlices` restores the others
+after every step). In the seed's InputCascadeCNN "local scale" is the 33×33 second network (freeze
 ``first``) and "global scale" the 65×65 first network (freeze ``second``).
 
 The recipe (``recipes/liver.toml``) is a training recipe plus two tables read here:
@@ -243,13 +245,67 @@ def plan_setups(
     return setups
 
 
+def frozen_slices(model, freeze: list[str], description: dict) -> dict[str, list[int]]:
+    """Partly re-initialised weights inside frozen groups: the input channels that keep their
+    transferred values (a cascade's second network: its image channels, while its weights on
+    the first network's new class map learn)."""
+    from braver.train.callbacks import group_parameters
+    from braver.transfer import input_layout
+
+    frozen = set(group_parameters(model, freeze)) if freeze else set()
+    layout = input_layout(model)
+    slices = {}
+    for name in description["partly_reinitialised"]:
+        if name not in frozen:
+            continue
+        channels, start = [], 0
+        for kind, count in layout[name.rsplit(".", 1)[0]]:
+            if kind != "class_map":
+                channels += list(range(start, start + count))
+            start += count
+        slices[name] = channels
+    return slices
+
+
+class FrozenSlices(Callback):
+    """Keeps some input channels of trainable weights bit-identical: restores them after every
+    optimiser step (weight decay and momentum included)."""
+
+    order = 90  # after every callback that changes weights in after_step
+
+    def __init__(self, slices: dict[str, list[int]]):
+        self.slices = slices
+        self.saved: dict[str, tuple] = {}
+
+    def bind(self, model) -> None:
+        params = dict(model.named_parameters())
+        self.saved = {
+            name: (params[name], params[name].detach()[:, channels].clone(), channels)
+            for name, channels in self.slices.items()
+        }
+
+    def frozen_count(self, param) -> int:
+        for p, values, _ in self.saved.values():
+            if p is param:
+                return values.numel()
+        return 0
+
+    def after_step(self):
+        import torch
+
+        with torch.no_grad():
+            for param, values, channels in self.saved.values():
+                param[:, channels] = values.to(param.device)
+
+
 class TrainRecord(Callback):
     """Per epoch: accuracy on the training batches and the process's CPU seconds (robust to
     other jobs sharing the CPU, unlike wall time); which parameters were trained."""
 
     order = 60  # before History (65), after the Recorder
 
-    def __init__(self):
+    def __init__(self, slices: FrozenSlices | None = None):
+        self.slices = slices
         self.accuracies: list[float] = []
         self.cpu_seconds: list[float] = []
         self.trained: dict[int, int] = {}
@@ -258,7 +314,8 @@ class TrainRecord(Callback):
     def before_fit(self):
         for param in self.learn.model.parameters():
             if param.requires_grad:
-                self.trained[id(param)] = param.numel()
+                frozen = self.slices.frozen_count(param) if self.slices else 0
+                self.trained[id(param)] = param.numel() - frozen
 
     def before_epoch(self):
         self.correct = self.total = 0
@@ -403,12 +460,19 @@ def train_setup(
                     "class_frequencies": frequencies,
                 }
             )
-    else:
-        _, description = adapt_for_transfer(
+
+    keeper = FrozenSlices({})
+    if not setup.baseline:
+        probe, description = adapt_for_transfer(
             brain, in_channels, num_classes, strategy, class_map=class_map
         )
         keep = [*description["reinitialised"], *description["partly_reinitialised"]]
         extra["transfer"]["kept_trainable"] = keep
+        keeper = FrozenSlices(frozen_slices(probe, setup.freeze, description))
+        extra["transfer"]["frozen_slices"] = {
+            name: f"input channels {channels} kept frozen"
+            for name, channels in keeper.slices.items()
+        }
 
         def build(frequencies):
             model, description = adapt_for_transfer(
@@ -416,9 +480,10 @@ def train_setup(
                 class_frequencies=frequencies, class_map=class_map,
             )  # fmt: skip
             extra["transfer"]["description"] = description
+            keeper.bind(model)
             return model
 
-    record = TrainRecord()
+    record = TrainRecord(keeper)
     run = train_from_recipe(
         recipe,
         cache=cache,
@@ -431,7 +496,7 @@ def train_setup(
         freeze=setup.freeze,
         keep_trainable=keep,
         run_extra=extra,
-        callbacks=[record],
+        callbacks=[record, keeper],
     )
     _record_training(run, record)
     return run

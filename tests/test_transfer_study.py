@@ -251,3 +251,31 @@ def test_an_interrupted_setup_resumes_with_its_groups_frozen(liver_cache, tmp_pa
     final = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(final[n], start[n]) for n in start if n.startswith("local."))
     assert not torch.equal(final["output.weight"], start["output.weight"])
+
+
+def test_cascade_global_scale_trains_only_the_class_map_channels_of_the_second_network(
+    liver_cache, tmp_path, monkeypatch
+):
+    brain = _seeded_brain("input_cascade")
+    setup = Setup("global scale", ["second"], "second")
+    start, final, run = _fit(setup, brain, liver_cache, tmp_path, monkeypatch)
+    for name, value in final.items():
+        if name.startswith("second.") and not name.startswith("second.output"):
+            if name in ("second.local.conv1.weight", "second.global.conv1.weight"):
+                assert torch.equal(value[:, :1], start[name][:, :1]), name  # the CT channel
+                assert not torch.equal(value[:, 1:], start[name][:, 1:]), name  # the class map
+            else:
+                assert torch.equal(value, start[name]), name
+    assert not torch.equal(final["first.local.conv1.weight"], start["first.local.conv1.weight"])
+    transfer = json.loads((run / "run.json").read_text())["extra"]["transfer"]
+    assert transfer["frozen_slices"] == {
+        "second.local.conv1.weight": "input channels [0] kept frozen",
+        "second.global.conv1.weight": "input channels [0] kept frozen",
+    }
+    second = {n: v.numel() for n, v in final.items() if n.startswith("second.")}
+    first = sum(v.numel() for n, v in final.items() if n.startswith("first."))
+    class_map = (
+        (second["second.local.conv1.weight"] + second["second.global.conv1.weight"]) * 3 // 4
+    )
+    output = second["second.output.weight"] + second["second.output.bias"]
+    assert transfer["trained_parameters"] == first + class_map + output

@@ -37,3 +37,29 @@ class BraverGroup(TyperGroup):
 def is_interactive() -> bool:
     """True when stdout is a terminal (progress bars are drawn only then)."""
     return sys.stdout.isatty()
+
+
+def progress_bar(transient: bool = True):
+    """The commands' rich progress bar (description, bar, n/N, elapsed, remaining).
+
+    Drawn only on a terminal, so logs do not fill with carriage returns.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=not is_interactive(),
+    )

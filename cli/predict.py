@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from braver.cli._common import console, is_interactive
+from braver.cli._common import console, progress_bar
 from braver.errors import BraverError
 
 RUN_FILE = "run.json"  # what marks a folder as a run (braver.runs.RUN_FILE; no torch import here)
@@ -39,25 +39,7 @@ def case_progress(total_cases: int, description: str) -> Iterator:
     Yields ``step(case_id) -> callback`` where the callback is ``predict_volume``'s
     ``progress(done, total)``; call ``done()`` (the yielded object's attribute) after a case.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not is_interactive(),
-    )
+    bar = progress_bar()
     with bar:
         cases = bar.add_task(description, total=total_cases)
         slices = bar.add_task("  slices", total=None)

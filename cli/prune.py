@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperCommand
 
-from braver.cli._common import console, is_interactive
+from braver.cli._common import console, progress_bar
 from braver.errors import BraverError
 
 PAIR_OPTIONS = ("--switch", "--copy")
@@ -287,27 +287,9 @@ def _variant_progress(total: int):
     """A rich bar over (case, variant) predictions; yields the ``step`` callback."""
     from contextlib import contextmanager
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     @contextmanager
     def bar_context():
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not is_interactive(),
-        )
+        bar = progress_bar()
         with bar:
             task = bar.add_task("variants × cases", total=total)
             started = [False]

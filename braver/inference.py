@@ -306,7 +306,7 @@ class CasePrediction:
     written: list[Path] = field(default_factory=list)
 
 
-def _check_compatible(run_info: RunInfo, case: Case) -> LabelScheme:
+def check_compatible(run_info: RunInfo, case: Case) -> LabelScheme:
     """The label scheme to write ``case`` with; errors when the run cannot read the case."""
     if len(case.channels) != len(run_info.channels):
         raise BraverError(
@@ -328,7 +328,7 @@ def _check_compatible(run_info: RunInfo, case: Case) -> LabelScheme:
     )
 
 
-def _channel_order(run_info: RunInfo, case: Case) -> list[int]:
+def channel_order(run_info: RunInfo, case: Case) -> list[int]:
     if sorted(case.channels) == sorted(run_info.channels):
         return [list(case.channels).index(c) for c in run_info.channels]
     return list(range(len(case.channels)))
@@ -358,9 +358,9 @@ def predict_case(
     from braver.data.io import save_nifti
     from braver.data.preprocess import PrepareSettings, preprocess_case, restore_to_original
 
-    scheme = _check_compatible(run_info, case)
+    scheme = check_compatible(run_info, case)
     prepared = preprocess_case(case, PrepareSettings.from_dict(run_info.prepare))
-    image = prepared.image[_channel_order(run_info, case)]
+    image = prepared.image[channel_order(run_info, case)]
     probs = predict_volume(
         model, image, device=device, batch_size=batch_size, tta=tta, progress=progress
     )

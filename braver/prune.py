@@ -48,7 +48,7 @@ from torch import nn
 from braver.errors import BraverError
 from braver.models.cascade import CascadeCNN, crop_offsets
 from braver.models.layers import CentreCrop, Maxout, OutputConv, spatial_growth
-from braver.models.naming import _group_prefixes, expand_name, weight_layers
+from braver.models.naming import expand_name, group_prefixes, weight_layers
 from braver.models.twopath import TwoPathCNN
 from braver.surgery import (
     copy_layer,
@@ -365,7 +365,7 @@ def keep_only(model: nn.Module, part: str) -> nn.Module:
     network of a cascade). Anything else is a ``BraverError`` listing what can be kept.
     """
     part = part.strip().strip(".")
-    groups = _group_prefixes(model)
+    groups = group_prefixes(model)
     is_cascade = isinstance(model, CascadeCNN)
     keepable = [g for g in groups if g.split(".")[-1] in PATHS] + (
         list(NETWORKS) if is_cascade else []
@@ -490,7 +490,7 @@ def _maps(layer: nn.Module) -> int:
 
 def keep_choices(model: nn.Module) -> list[str]:
     """What ``keep`` accepts on ``model``."""
-    groups = [g for g in _group_prefixes(model) if g.split(".")[-1] in PATHS]
+    groups = [g for g in group_prefixes(model) if g.split(".")[-1] in PATHS]
     return groups + (list(NETWORKS) if isinstance(model, CascadeCNN) else [])
 
 
@@ -532,16 +532,16 @@ def cached_cases(cache, case_ids: Sequence[str]) -> Iterator[StudyCase]:
 def prepared_cases(run_info, cases: Sequence) -> Iterator[StudyCase]:
     """Raw dataset cases preprocessed in memory with the run's prepare settings, one at a time."""
     from braver.data.preprocess import PrepareSettings, preprocess_case
-    from braver.inference import _channel_order, _check_compatible
+    from braver.inference import channel_order, check_compatible
 
     settings = PrepareSettings.from_dict(run_info.prepare)
     for case in cases:
-        _check_compatible(run_info, case)
+        check_compatible(run_info, case)
         prepared = preprocess_case(case, settings)
         meta = prepared.meta
         yield StudyCase(
             case.case_id,
-            np.asarray(prepared.image[_channel_order(run_info, case)], dtype=np.float32),
+            np.asarray(prepared.image[channel_order(run_info, case)], dtype=np.float32),
             np.asarray(prepared.label),
             tuple(float(s) for s in meta["spacing_zyx"]),
             tuple(meta.get("canonical_shape_zyx", prepared.label.shape)),

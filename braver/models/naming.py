@@ -75,7 +75,7 @@ def resolve_layer(model: nn.Module, name: str) -> str:
     raise BraverError(f"no layer named {name!r}", hint=f"the layers are: {', '.join(layers)}")
 
 
-def _group_prefixes(model: nn.Module) -> dict[str, list[str]]:
+def group_prefixes(model: nn.Module) -> dict[str, list[str]]:
     nets = networks(model)
     groups: dict[str, list[str]] = {}
     cascade = any(prefix for prefix, _ in nets)
@@ -92,7 +92,7 @@ def _group_prefixes(model: nn.Module) -> dict[str, list[str]]:
 
 def group_names(model: nn.Module) -> list[str]:
     """Every group name ``model`` understands (``local``, ``global``, ``output``, ``first`` …)."""
-    return list(_group_prefixes(model))
+    return list(group_prefixes(model))
 
 
 def param_group_names(model: nn.Module) -> list[str]:
@@ -118,7 +118,7 @@ def resolve_group(model: nn.Module, name: str) -> list[str]:
     """Parameter names of a group (see the module docstring) or of one layer (dotted name or
     unique suffix). Unknown or ambiguous names are a ``BraverError`` listing the candidates."""
     name = name.strip().strip(".")
-    groups = _group_prefixes(model)
+    groups = group_prefixes(model)
     if name in groups:
         return _params_under(model, groups[name])
     matches = expand_name(model, name)

@@ -10,8 +10,8 @@ from torch import nn
 from braver.models.cascade import crop_inputs_for
 from braver.models.layers import CentreCrop, Maxout
 from braver.models.naming import (
-    _group_prefixes,
     _params_under,
+    group_prefixes,
     networks,
     parameter_count,
     trainable_parameters,
@@ -132,7 +132,7 @@ def summary_rows(model: nn.Module) -> list[LayerRow]:
 def group_rows(model: nn.Module) -> list[GroupRow]:
     """Every group name with its parameter count and layers."""
     rows = []
-    for group, prefixes in _group_prefixes(model).items():
+    for group, prefixes in group_prefixes(model).items():
         params = _params_under(model, prefixes)
         named = dict(model.named_parameters())
         layers = tuple(dict.fromkeys(p.rsplit(".", 1)[0] for p in params))

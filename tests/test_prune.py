@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
+from seeded import randomised
 from torch import nn
 
 from braver.data.labels import BRATS_2021
@@ -28,27 +27,7 @@ from braver.prune import (
     run_study,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomised(name: str, seed: int = 0) -> nn.Module:
-    model = create_model(name)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(
-                    torch.randn(m.weight.shape, generator=generator)
-                    / math.sqrt(m.weight[0].numel())
-                )
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=generator))
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tile(model: nn.Module, k: int = 3, seed: int = 1) -> tuple[torch.Tensor, ...]:

@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
-from torch import nn
+from seeded import randomised
 
 from braver.errors import BraverError
 from braver.models import create_model, crop_inputs, list_models
 from braver.surgery import replace_with_identity
 from braver.transfer import adapt_for_transfer, adapt_input_channels, input_layout, reinit_output
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomised(name: str, seed: int = 0, **kw) -> nn.Module:
-    model = create_model(name, **kw)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(
-                    torch.randn(m.weight.shape, generator=generator)
-                    / math.sqrt(m.weight[0].numel())
-                )
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=generator))
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(model, x):

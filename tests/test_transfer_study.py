@@ -24,6 +24,8 @@ from braver.transfer_study import (
     train_setup,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # one short epoch per phase on 12x12 tiles (also used by tests/cli/test_transfer.py)
 TINY = [
     "data.tile=4",
@@ -43,14 +45,6 @@ def write_tiny_liver_cache(root):
     data = synth_liver(root / "liver", cases=3, seed=0, shape=(40, 40, 16))
     prepare_dataset(data, root / "liver-cache", progress=False)
     return root / "liver-cache"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

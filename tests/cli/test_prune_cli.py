@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from seeded import randomised
 from typer.testing import CliRunner
 
 from braver.cli.main import app
@@ -17,20 +15,13 @@ from braver.cli.prune import join_pairs
 from braver.data.cache import write_case, write_summary
 from braver.data.labels import BRATS_2021
 from braver.data.preprocess import PrepareSettings
-from braver.models import create_model
 from braver.runs import RunInfo, save_run_info, save_weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 runner = CliRunner()
 CASES = ["tiny_000", "tiny_001"]
 DICE = ["whole_tumor_dice", "tumor_core_dice", "enhancing_tumor_dice"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +59,7 @@ def cache(tmp_path_factory):
 def make_run(folder, model_name="twopath", cache=None, seed=0):
     """A brain run with seeded random weights (variants then really differ from intact)."""
     folder.mkdir(parents=True)
-    model = create_model(model_name, dropout=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(
-                    torch.randn(m.weight.shape, generator=generator)
-                    / math.sqrt(m.weight[0].numel())
-                )
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=generator))
+    model = randomised(model_name, seed, dropout=0.0)
     save_weights(folder, model)
     info = RunInfo(
         kind="brain",

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from braver.cli.main import app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 runner = CliRunner()
 TESTS = Path(__file__).parents[1]
@@ -30,14 +31,6 @@ evaluate = _load(TESTS / "cli" / "test_evaluate.py", "braver_test_evaluate")
 
 def _sets(values):
     return [arg for value in values for arg in ("--set", value)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

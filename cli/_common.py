@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import click
 import typer
@@ -63,3 +65,17 @@ def progress_bar(transient: bool = True):
         transient=transient,
         disable=not is_interactive(),
     )
+
+
+# parameters that several commands share, declared once
+RunArgument = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Run folder (default: the latest brain run under ./runs).", show_default=False
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Axial slices per forward pass.", show_default=False),
+]

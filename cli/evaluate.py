@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from braver.cli._common import console
+from braver.cli._common import BatchSizeOption, DeviceOption, RunArgument, console
 from braver.errors import BraverError
 
 
@@ -45,12 +45,7 @@ def _labelled_cases(dataset):
 def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
-        run: Annotated[
-            Path | None,
-            typer.Argument(
-                help="Run folder (default: the latest brain run under ./runs).", show_default=False
-            ),
-        ] = None,
+        run: RunArgument = None,
         data: Annotated[
             Path | None,
             typer.Option(
@@ -85,12 +80,8 @@ def register(app: typer.Typer) -> None:
             int,
             typer.Option("--min-component", min=0, help="Remove tumour components below N voxels."),
         ] = 0,
-        device: Annotated[
-            str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
-        ] = "auto",
-        batch_size: Annotated[
-            int | None, typer.Option("--batch-size", min=1, help="Axial slices per forward pass.")
-        ] = None,
+        device: DeviceOption = "auto",
+        batch_size: BatchSizeOption = None,
         format: Annotated[
             str | None, typer.Option("--format", help="Dataset layout of DATA/--truth.")
         ] = None,

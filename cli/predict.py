@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from braver.cli._common import console, progress_bar
+from braver.cli._common import BatchSizeOption, DeviceOption, console, progress_bar
 from braver.errors import BraverError
 
 RUN_FILE = "run.json"  # what marks a folder as a run (braver.runs.RUN_FILE; no torch import here)
@@ -93,12 +93,8 @@ def register(app: typer.Typer) -> None:
                 help="Remove tumour components smaller than this many voxels (0: keep all).",
             ),
         ] = 0,
-        device: Annotated[
-            str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
-        ] = "auto",
-        batch_size: Annotated[
-            int | None, typer.Option("--batch-size", min=1, help="Axial slices per forward pass.")
-        ] = None,
+        device: DeviceOption = "auto",
+        batch_size: BatchSizeOption = None,
         format: Annotated[
             str | None,
             typer.Option("--format", help="Dataset layout of the inputs when it cannot be told."),

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperCommand
 
-from braver.cli._common import console, progress_bar
+from braver.cli._common import BatchSizeOption, DeviceOption, RunArgument, console, progress_bar
 from braver.errors import BraverError
 
 PAIR_OPTIONS = ("--switch", "--copy")
@@ -71,12 +71,7 @@ def _pairs(values: list[str] | None, option: str, metavar: str) -> list[tuple[st
 def register(app: typer.Typer) -> None:
     @app.command(cls=PairOptionsCommand)
     def prune(
-        run: Annotated[
-            Path | None,
-            typer.Argument(
-                help="Run folder (default: the latest brain run under ./runs).", show_default=False
-            ),
-        ] = None,
+        run: RunArgument = None,
         data: Annotated[
             Path | None,
             typer.Option(
@@ -139,15 +134,8 @@ def register(app: typer.Typer) -> None:
                 "--cases", min=1, help="Evaluate the first N cases only.", show_default=False
             ),
         ] = None,
-        device: Annotated[
-            str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")
-        ] = "auto",
-        batch_size: Annotated[
-            int | None,
-            typer.Option(
-                "--batch-size", min=1, help="Axial slices per forward pass.", show_default=False
-            ),
-        ] = None,
+        device: DeviceOption = "auto",
+        batch_size: BatchSizeOption = None,
         recipe: Annotated[
             Path | None,
             typer.Option(

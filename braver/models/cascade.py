@@ -65,7 +65,7 @@ class CascadeCNN(BraverModel):
         init: str = "paper",
     ):
         super().__init__()
-        freqs = check_options(
+        options = check_options(
             in_channels=in_channels,
             num_classes=num_classes,
             maxout_k=maxout_k,
@@ -75,16 +75,6 @@ class CascadeCNN(BraverModel):
             init_range=init_range,
             init=init,
         )
-        options = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "maxout_k": maxout_k,
-            "dropout": float(dropout),
-            "class_frequencies": freqs,
-            "bias": bool(bias),
-            "init_range": float(init_range),
-            "init": init,
-        }
         self._store_options(options)
         self.first = TwoPathCNN(**options)
         self.second = TwoPathCNN(**options, class_map_at=self.class_map_at)

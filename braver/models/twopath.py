@@ -82,8 +82,8 @@ def check_options(
     bias: bool,
     init_range: float,
     init: str = "paper",
-) -> list[float] | None:
-    """Validate the common keywords; return ``class_frequencies`` as a plain list."""
+) -> dict[str, Any]:
+    """Validate the common keywords; return them normalised (the model's ``options``)."""
 
     def bad(message: str, hint: str) -> BraverError:
         return BraverError(message, hint=hint)
@@ -100,8 +100,18 @@ def check_options(
         raise bad(f"init_range must be > 0, got {init_range!r}", "the paper uses 0.005")
     if init not in INITS:
         raise bad(f"init must be one of {list(INITS)}, got {init!r}", "the paper's is 'paper'")
+    options = {
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "maxout_k": maxout_k,
+        "dropout": float(dropout),
+        "class_frequencies": None,
+        "bias": bool(bias),
+        "init_range": float(init_range),
+        "init": init,
+    }
     if class_frequencies is None:
-        return None
+        return options
     freqs = [float(f) for f in class_frequencies]
     if len(freqs) != num_classes or any(not f > 0 or not math.isfinite(f) for f in freqs):
         raise bad(
@@ -113,7 +123,8 @@ def check_options(
             "class_frequencies set the output biases but bias=False",
             "drop class_frequencies or use bias=True",
         )
-    return freqs
+    options["class_frequencies"] = freqs
+    return options
 
 
 class BraverModel(nn.Module):
@@ -194,7 +205,7 @@ class TwoPathCNN(BraverModel):
         init: str = "paper",
     ):
         super().__init__()
-        freqs = check_options(
+        options = check_options(
             in_channels=in_channels,
             num_classes=num_classes,
             maxout_k=maxout_k,
@@ -208,16 +219,6 @@ class TwoPathCNN(BraverModel):
             raise BraverError(
                 f"class_map_at must be one of {list(CLASS_MAP_POINTS)} or None, got {class_map_at!r}"
             )
-        options = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "maxout_k": maxout_k,
-            "dropout": float(dropout),
-            "class_frequencies": freqs,
-            "bias": bool(bias),
-            "init_range": float(init_range),
-            "init": init,
-        }
         if class_map_at is not None:
             options["class_map_at"] = class_map_at
         self._store_options(options)

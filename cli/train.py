@@ -12,6 +12,30 @@ from braver.cli._common import console, is_interactive
 from braver.errors import BraverError
 
 
+def training_cache(
+    kind: str,
+    data: Path | None,
+    *,
+    format: str | None,
+    workers: int,
+    progress: bool,
+    settings=None,
+) -> Path:
+    """The cache to train on: the built-in phantoms of ``kind`` without ``--data``, else the
+    dataset prepared with ``settings``. Shared with ``braver transfer``."""
+    if data is not None:
+        return prepare_data(
+            data, format=format, workers=workers, progress=progress, settings=settings
+        )
+    from braver.data.phantoms import default_phantom_cache
+
+    console.print(
+        f"No --data: using the built-in phantom {kind} set "
+        f"(recipe profile [bold]phantom[/], sized for a CPU)"
+    )
+    return default_phantom_cache(kind, progress=progress)[1]
+
+
 def _dataset_cache(data: Path) -> Path:
     """Where the prepared cache of a dataset folder lives: keyed by its resolved path."""
     from braver.paths import cache_root
@@ -129,16 +153,7 @@ def register(app: typer.Typer) -> None:
             return
 
         loaded = load_recipe(path, overrides or [], profile=None if data else "phantom")
-        if data is None:
-            from braver.data.phantoms import default_phantom_cache
-
-            console.print(
-                f"No --data: using the built-in phantom {loaded.kind} set "
-                f"(recipe profile [bold]phantom[/], sized for a CPU)"
-            )
-            _, cache = default_phantom_cache(loaded.kind, progress=progress)
-        else:
-            cache = prepare_data(data, format=format, workers=workers, progress=progress)
+        cache = training_cache(loaded.kind, data, format=format, workers=workers, progress=progress)
         folder = train_from_recipe(
             loaded,
             cache=cache,

@@ -139,24 +139,15 @@ def register(app: typer.Typer) -> None:
             )
         setups = plan_setups(brain, freeze, baseline, settings)  # every name checked first
         progress = is_interactive()
-        if data is None:
-            from braver.data.phantoms import default_phantom_cache
+        from braver.cli.train import training_cache
+        from braver.data.preprocess import PrepareSettings
 
-            console.print(
-                f"No --data: using the built-in phantom {loaded.kind} set "
-                f"(recipe profile [bold]phantom[/], sized for a CPU)"
-            )
-            _, cache = default_phantom_cache(loaded.kind, progress=progress)
-        else:
-            from braver.cli.train import prepare_data
-            from braver.data.preprocess import PrepareSettings
-
-            prepare = PrepareSettings.from_dict(
-                {k: tuple(v) if isinstance(v, list) else v for k, v in settings.prepare.items()}
-            )
-            cache = prepare_data(
-                data, format=format, workers=workers, progress=progress, settings=prepare
-            )
+        prepare = PrepareSettings.from_dict(
+            {k: tuple(v) if isinstance(v, list) else v for k, v in settings.prepare.items()}
+        )
+        cache = training_cache(
+            loaded.kind, data, format=format, workers=workers, progress=progress, settings=prepare
+        )
         console.print(
             f"[bold]{len(setups)} setup(s)[/] from {info.model['name']} "
             f"({source.name}), channels by [bold]{strategy or settings.strategy}[/]: "

@@ -45,6 +45,8 @@ class DataSection:
     validation_patches: int = 4096
     seed: int = 0
     on_device: bool = True  # keep the volumes on the GPU when training on CUDA
+    flip: bool = False  # training tiles mirrored / transposed at random (odd input sizes)
+    intensity: float = 0.0  # per-tile, per-channel scale U(1 ± a) and shift U(± a); 0: off
 
 
 @dataclass
@@ -119,6 +121,7 @@ class Recipe:
                 0.0 <= self.data.validation_fraction < 1.0,
                 "a fraction in [0, 1)",
             ),
+            ("data.intensity", 0 <= self.data.intensity < 1, "in [0, 1)"),
             ("optim.lr", self.optim.lr > 0, "positive"),
             ("optim.lr_decay", 0 < self.optim.lr_decay <= 1, "in (0, 1]"),
             ("optim.momentum_start", 0 <= self.optim.momentum_start < 1, "in [0, 1)"),

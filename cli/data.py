@@ -194,6 +194,14 @@ def prepare(
     n4: Annotated[
         bool, typer.Option("--n4", help="N4 bias-field correction of T1 and T1c.")
     ] = False,
+    n4_channels: Annotated[
+        str | None,
+        typer.Option(
+            "--n4-channels",
+            help="Channels N4 corrects, e.g. t1,t1c,t2,flair (implies --n4; default t1,t1c).",
+            show_default=False,
+        ),
+    ] = None,
     format: FormatOption = None,
     clip: Annotated[
         str | None,
@@ -217,8 +225,27 @@ def prepare(
         settings["clip_percentiles"] = _numbers(clip, 2, "--clip")
     if hu_window:
         settings["hu_window"] = _numbers(hu_window, 2, "--hu-window")
-    settings = PrepareSettings(n4=n4, **settings)
     dataset = discover(data, format.value if format else None)
+    if n4_channels is not None:
+        names = tuple(p for p in re.split(r"[,\s]+", n4_channels.strip()) if p)
+        unknown = [n for n in names if n not in dataset.channels]
+        if not names or unknown:
+            raise BraverError(
+                f"--n4-channels {n4_channels!r} names no channel of this dataset"
+                if not names
+                else f"--n4-channels names {', '.join(unknown)}, which this dataset does not have",
+                dataset.root,
+                f"choose among {', '.join(dataset.channels)}",
+            )
+        settings["n4_channels"] = names
+        n4 = True
+    if n4 and dataset.modality != "mri":
+        raise BraverError(
+            "N4 bias-field correction is for MRI, and this dataset is CT",
+            dataset.root,
+            "leave out --n4 and --n4-channels",
+        )
+    settings = PrepareSettings(n4=n4, **settings)
     console.print(f"{dataset.root}: {dataset.format}, {len(dataset)} case(s) → {out}")
     report = prepare_dataset(
         dataset,

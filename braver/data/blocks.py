@@ -211,17 +211,85 @@ class DeviceVolumes:
         return tiles, labels
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation of whole tiles, applied to the batch at once.
+
+    ``flip``: each tile (and its label block) is mirrored left-right and up-down and
+    transposed at random (the 8 symmetries of the square), only when every input size is
+    odd (the label block then sits symmetrically in the tile, so the pairs stay aligned).
+    ``intensity``: each channel of each tile is scaled by U(1 − a, 1 + a) and shifted by
+    U(−a, a) (z-scored units) inside the foreground; 0 = off.
+    """
+
+    flip: bool = False
+    intensity: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.flip or self.intensity > 0
+
+    def __call__(
+        self,
+        tiles: torch.Tensor,
+        labels: torch.Tensor,
+        geometry: PatchGeometry,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(tiles)
+        if self.flip and symmetric(geometry):
+            for dims in ((-1,), (-2,)):
+                pick = torch.rand(n, generator=generator) < 0.5
+                tiles = _where_rows(pick, tiles.flip(dims), tiles)
+                labels = _where_rows(pick, labels.flip(dims), labels)
+            pick = torch.rand(n, generator=generator) < 0.5
+            tiles = _where_rows(pick, tiles.transpose(-1, -2), tiles)
+            labels = _where_rows(pick, labels.transpose(-1, -2), labels)
+        if self.intensity > 0:
+            a = self.intensity
+            channels = tiles.shape[1]
+            scale = 1 + a * (2 * torch.rand(n, channels, 1, 1, generator=generator) - 1)
+            shift = a * (2 * torch.rand(n, channels, 1, 1, generator=generator) - 1)
+            inside = (tiles != 0).any(dim=1, keepdim=True)
+            tiles = torch.where(inside, tiles * scale.to(tiles) + shift.to(tiles), tiles)
+        return tiles.contiguous(), labels.contiguous()
+
+
+def symmetric(geometry: PatchGeometry) -> bool:
+    """Whether mirroring a tile keeps every input crop and the label block in place."""
+    return all(size % 2 == 1 for size in geometry.input_sizes)
+
+
+def _where_rows(pick: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    pick = pick.to(a.device).reshape(-1, *([1] * (a.dim() - 1)))
+    return torch.where(pick, a, b)
+
+
 class GatherPatches(Transform):
-    """Batch transform: a (B, 4) tensor of centres → (input_1, …, input_n, label)."""
+    """Batch transform: a (B, 4) tensor of centres → (input_1, …, input_n, label).
+
+    ``augment`` (training loaders only) transforms the gathered tiles (``Augment``), drawing
+    from a generator seeded with ``seed``.
+    """
 
     order = 0
 
-    def __init__(self, volumes: MappedVolumes | DeviceVolumes, geometry: PatchGeometry):
+    def __init__(
+        self,
+        volumes: MappedVolumes | DeviceVolumes,
+        geometry: PatchGeometry,
+        augment: Augment | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.volumes, self.geometry = volumes, geometry
+        self.augment = augment if augment is not None and augment.active else None
+        self.generator = torch.Generator().manual_seed(seed)
 
     def encodes(self, centres: torch.Tensor):
         tiles, labels = self.volumes.gather(centres, self.geometry)
+        if self.augment is not None:
+            tiles, labels = self.augment(tiles, labels, self.geometry, self.generator)
         device = centres.device
         inputs = tuple(t.to(device) for t in self.geometry.crop_inputs(tiles))
         return (*inputs, labels.to(device))
@@ -372,11 +440,13 @@ def patch_dataloaders(
     world: int = 1,
     class_weighting: bool = False,
     class_weight_power: float = 1.0,
+    augment: Augment | None = None,
 ) -> DataLoaders:
     """fastai ``DataLoaders`` of multi-scale patch batches, split by case.
 
     Batches are ``(input_1, …, input_n, label)`` with ``n = len(input_sizes)``; label is
     (B, k, k) int64. The validation centres are drawn once (seeded) from the validation cases.
+    ``augment`` applies to the training loader only.
     """
     geometry = PatchGeometry(tuple(int(s) for s in input_sizes), tile)
     num_classes = cache.scheme.num_classes
@@ -384,7 +454,7 @@ def patch_dataloaders(
     train_volumes = make_volumes(cache, train_cases, geometry, device, on_device)
     train = PatchDL(
         train_sampler,
-        GatherPatches(train_volumes, geometry),
+        GatherPatches(train_volumes, geometry, augment, seed=seed + 1000 * rank),
         n=train_patches,
         sampling=sampling,
         bs=bs,

@@ -174,7 +174,7 @@ def train_from_recipe(
     ``first`` phase is skipped when that leaves its first network nothing to train.
     ``run_extra`` is merged into run.json's ``extra``; ``callbacks`` join every fit.
     """
-    from braver.data.blocks import patch_dataloaders, set_sampling
+    from braver.data.blocks import Augment, patch_dataloaders, set_sampling
     from braver.data.sampling import PatchSampler, split_cases
     from braver.models import create_model
     from braver.models.naming import parameter_count
@@ -292,6 +292,7 @@ def train_from_recipe(
         rank=dist.rank,
         world=dist.world,
         class_weight_power=recipe.optim.class_weight_power,
+        augment=Augment(flip=recipe.data.flip, intensity=recipe.data.intensity),
     )
     history_rows = read_history(folder / "history.csv") if resume is not None else []
     trainable_log = dict(info.extra.get("trainable_parameters", {}))

@@ -72,6 +72,42 @@ def test_synth_inspect_prepare(brain, tmp_path):
     assert again.exit_code == 0 and "2 up to date" in again.output and "skipped" in again.output
 
 
+def test_prepare_with_n4_channels(brain, tmp_path):
+    result = invoke(
+        "prepare",
+        brain,
+        "--out",
+        tmp_path / "cache",
+        "--n4-channels",
+        "t1,t2, flair",
+        "--workers",
+        1,
+    )
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "cache" / "summary.json").read_text())["settings"]
+    assert settings["n4"] is True and settings["n4_channels"] == ["t1", "t2", "flair"]
+    plain = invoke("prepare", brain, "--out", tmp_path / "plain", "--workers", 1)
+    assert plain.exit_code == 0, plain.output
+    case = "PhantomBrain_00000"
+    corrected = np.load(tmp_path / "cache" / "cases" / case / "image.npy")
+    untouched = np.load(tmp_path / "plain" / "cases" / case / "image.npy")
+    np.testing.assert_array_equal(corrected[1], untouched[1])  # t1c is left alone
+    assert not np.array_equal(corrected[3], untouched[3])  # flair is corrected
+
+    bad = invoke("prepare", brain, "--out", tmp_path / "bad", "--n4-channels", "t1,pd")
+    assert_clean_error(bad, str(brain), "pd", "t1, t1c, t2, flair")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_n4_on_ct_is_refused(tmp_path):
+    assert (
+        invoke("synth", "liver", tmp_path / "liver", "--cases", 1, "--shape", "32,32,16").exit_code
+        == 0
+    )
+    result = invoke("prepare", tmp_path / "liver", "--out", tmp_path / "cache", "--n4")
+    assert_clean_error(result, str(tmp_path / "liver"), "CT", "leave out --n4")
+
+
 def test_synth_liver_and_prepare_with_window(tmp_path):
     result = invoke("synth", "liver", tmp_path / "liver", "--cases", 1, "--shape", "32,32,16")
     assert result.exit_code == 0, result.output

@@ -12,12 +12,14 @@ def test_shipped_brain_recipe_has_the_paper_values():
     assert recipe.stage1.sampling == "balanced" and recipe.stage2.sampling == "natural"
     assert recipe.stage2.train == ["output"]
     assert recipe.data.mode == "patch" and recipe.model.name in ("twopath", "input_cascade")
+    assert recipe.data.flip is False and recipe.data.intensity == 0  # the paper: no augmentation
 
 
 def test_phantom_profile_is_merged_only_when_asked():
     base = load_recipe(shipped_recipe("brain"))
     phantom = load_recipe(shipped_recipe("brain"), profile="phantom")
     assert phantom.data.mode == "tile" and phantom.data.tile > 1
+    assert phantom.data.flip is True and 0 < phantom.data.intensity < 1
     assert phantom.optim.momentum_start == base.optim.momentum_start  # untouched keys stay
 
 
@@ -50,6 +52,10 @@ def test_bad_values_are_errors(tmp_path):
         load_recipe(shipped_recipe("brain"), ["stage2.sampling=random"])
     with pytest.raises(BraverError, match="optim.lr_decay"):
         recipe_from_dict({"optim": {"lr_decay": 1.5}}, "x.toml")
+    with pytest.raises(BraverError, match=r"data\.intensity = 1\.5 must be in \[0, 1\)"):
+        load_recipe(shipped_recipe("brain"), ["data.intensity=1.5"])
+    with pytest.raises(BraverError, match="data.flip = 'yes' must be bool"):
+        load_recipe(shipped_recipe("brain"), ['data.flip="yes"'])
     with pytest.raises(BraverError, match="not KEY=VALUE"):
         parse_override("stage1.epochs")
 

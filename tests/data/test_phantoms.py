@@ -233,6 +233,22 @@ def test_default_phantom_cache_reuse_and_rebuild_when_stale(monkeypatch):
     assert (cache / "summary.json").stat().st_mtime_ns != stamp
 
 
+def test_default_phantom_cache_is_n4_corrected_and_follows_its_settings(monkeypatch):
+    import braver.data.phantoms as phantoms
+
+    monkeypatch.setattr(phantoms, "DEFAULT_BRAIN", {"cases": 2, "shape": (24, 24, 16), "seed": 1})
+    _, cache = default_phantom_cache("brain", progress=False)
+    settings = Cache.open(cache).summary["settings"]
+    assert settings["n4"] is True and settings["n4_channels"] == ["t1", "t1c", "t2", "flair"]
+    corrected = np.load(cache / "cases" / "PhantomBrain_00000" / "image.npy")
+    # other settings: the cases are prepared again, not reused
+    monkeypatch.setattr(phantoms, "PREPARE_BRAIN", {"n4": False})
+    _, again = default_phantom_cache("brain", progress=False)
+    assert again == cache and Cache.open(cache).summary["settings"]["n4"] is False
+    plain = np.load(cache / "cases" / "PhantomBrain_00000" / "image.npy")
+    assert not np.array_equal(plain, corrected)
+
+
 @pytest.mark.slow
 def test_default_phantom_cache_is_made_once_and_reused():
     dataset, cache = default_phantom_cache("brain", progress=False)

@@ -1,6 +1,7 @@
 import csv
 import importlib.util
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,8 @@ def test_train_brain_writes_a_complete_run_folder(phantoms, tmp_path):
     names = {p.name for p in folder.iterdir()}
     assert {"run.json", "recipe.toml", "model.safetensors", "history.csv", "metrics.json"} <= names
     assert "learning_curves.png" in names and "checkpoint.safetensors" not in names
+    recipe = tomllib.loads((folder / "recipe.toml").read_text())  # the phantom profile, resolved
+    assert recipe["data"]["flip"] is True and recipe["data"]["intensity"] == 0.1
     info = json.loads((folder / "run.json").read_text())
     assert info["kind"] == "brain" and info["model"]["name"] == "twopath"
     assert info["cache"] == str(phantoms.root) and len(info["validation_cases"]) == 1

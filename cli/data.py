@@ -226,25 +226,9 @@ def prepare(
     if hu_window:
         settings["hu_window"] = _numbers(hu_window, 2, "--hu-window")
     dataset = discover(data, format.value if format else None)
-    if n4_channels is not None:
-        names = tuple(p for p in re.split(r"[,\s]+", n4_channels.strip()) if p)
-        unknown = [n for n in names if n not in dataset.channels]
-        if not names or unknown:
-            raise BraverError(
-                f"--n4-channels {n4_channels!r} names no channel of this dataset"
-                if not names
-                else f"--n4-channels names {', '.join(unknown)}, which this dataset does not have",
-                dataset.root,
-                f"choose among {', '.join(dataset.channels)}",
-            )
-        settings["n4_channels"] = names
+    if n4_channels is not None:  # checked against the dataset's channels by prepare_dataset
+        settings["n4_channels"] = tuple(p for p in re.split(r"[,\s]+", n4_channels.strip()) if p)
         n4 = True
-    if n4 and dataset.modality != "mri":
-        raise BraverError(
-            "N4 bias-field correction is for MRI, and this dataset is CT",
-            dataset.root,
-            "leave out --n4 and --n4-channels",
-        )
     settings = PrepareSettings(n4=n4, **settings)
     console.print(f"{dataset.root}: {dataset.format}, {len(dataset)} case(s) → {out}")
     report = prepare_dataset(

@@ -648,6 +648,7 @@ def prepare_dataset(
     """
     dataset = data if isinstance(data, Dataset) else discover(data, format)
     settings = settings or PrepareSettings()
+    check_n4(settings, dataset)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise BraverError("exists and is not a folder", out, "choose another --out")
@@ -681,6 +682,25 @@ def prepare_dataset(
         report.summary["failed"] = {o.case_id: o.reason for o in report.failed}
         write_summary(out, report.summary)
     return report
+
+
+def check_n4(settings: PrepareSettings, dataset: Dataset) -> None:
+    """N4 only on MRI, and only on channels the dataset has (else one sentence and the fix)."""
+    if not settings.n4:
+        return
+    if dataset.modality != "mri":
+        raise BraverError(
+            "N4 bias-field correction is for MRI, and this dataset is CT",
+            dataset.root,
+            "leave out --n4 and --n4-channels",
+        )
+    unknown = [name for name in settings.n4_channels if name not in dataset.channels]
+    if unknown or not settings.n4_channels:
+        raise BraverError(
+            f"N4 channels {', '.join(unknown) or '(none)'} are not channels of this dataset",
+            dataset.root,
+            f"choose --n4-channels among {', '.join(dataset.channels)}",
+        )
 
 
 def _run(todo, settings, out, workers, progress, console):

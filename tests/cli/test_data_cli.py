@@ -95,7 +95,7 @@ def test_prepare_with_n4_channels(brain, tmp_path):
     assert not np.array_equal(corrected[3], untouched[3])  # flair is corrected
 
     bad = invoke("prepare", brain, "--out", tmp_path / "bad", "--n4-channels", "t1,pd")
-    assert_clean_error(bad, str(brain), "pd", "t1, t1c, t2, flair")
+    assert_clean_error(bad, str(brain), "N4 channels pd", "t1, t1c, t2, flair")
     assert not (tmp_path / "bad").exists()
 
 

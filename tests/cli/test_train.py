@@ -1,10 +1,10 @@
 import csv
 import importlib.util
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 from braver.cli.main import app

@@ -357,6 +357,13 @@ def test_settings_round_trip_and_validation():
         PrepareSettings(hu_window=(300, -200))
 
 
+def test_n4_settings_are_checked_against_the_dataset(brats2021, tmp_path):
+    settings = PrepareSettings(n4=True, n4_channels=("t1", "adc"))
+    with pytest.raises(BraverError, match=r"N4 channels adc .*choose --n4-channels among t1, t1c"):
+        prepare_dataset(brats2021, tmp_path / "cache", settings, progress=False)
+    assert not (tmp_path / "cache").exists()  # refused before anything is written
+
+
 # --- bad input inside a case -----------------------------------------------------------------
 
 

@@ -174,7 +174,13 @@ def train_from_recipe(
     ``first`` phase is skipped when that leaves its first network nothing to train.
     ``run_extra`` is merged into run.json's ``extra``; ``callbacks`` join every fit.
     """
-    from braver.data.blocks import Augment, patch_dataloaders, set_sampling
+    from braver.data.blocks import (
+        Augment,
+        PatchGeometry,
+        patch_dataloaders,
+        set_sampling,
+        symmetric,
+    )
     from braver.data.sampling import PatchSampler, split_cases
     from braver.models import create_model
     from braver.models.naming import parameter_count
@@ -302,6 +308,12 @@ def train_from_recipe(
 
     def loaders(input_sizes):
         key = tuple(input_sizes)
+        if key not in dls_cache and recipe.data.flip and not symmetric(PatchGeometry(key, tile)):
+            _say(
+                console,
+                f"[yellow]data.flip is off for inputs {'+'.join(map(str, key))}[/]: an even "
+                "input size has no centre pixel, so a mirrored tile would move its labels",
+            )
         if key not in dls_cache:
             dls_cache[key] = patch_dataloaders(
                 cache, train_cases, valid_cases, input_sizes, **loader_kw

@@ -65,3 +65,26 @@ def test_a_diverged_run_is_an_error_and_writes_no_weights(tiny_cache, tmp_path, 
     with pytest.raises(BraverError, match="diverged"):
         loop.train_from_recipe(recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False)
     assert not list(tmp_path.glob(f"*/{WEIGHTS_FILE}"))
+
+
+@pytest.mark.slow
+def test_flips_are_announced_off_for_an_even_input_size(tiny_cache, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    recipe = load_recipe(
+        shipped_recipe("brain"),
+        [*TINY, "model.name=local_cascade", "data.flip=true", "cascade.first_epochs=0"],
+    )
+    loop.train_from_recipe(
+        recipe,
+        cache=tiny_cache.root,
+        out=tmp_path,
+        evaluate=False,
+        console=Console(file=out, width=200),
+        progress=False,
+    )
+    text = out.getvalue()
+    assert "data.flip is off for inputs 33+56" in text and "even input size" in text

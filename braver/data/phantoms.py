@@ -58,8 +58,9 @@ DEFAULT_LIVER = {"cases": 16, "shape": (96, 96, 40), "seed": 2017}
 # phantoms carry a bias field on every channel (shared in part), so N4 corrects all four,
 # not only T1 and T1c as the paper's preprocessing does. Measured with the phantom recipe
 # (`python bench/phantom_quality.py [--prepare no-n4]`): whole-tumour Dice 0.877 with it,
-# 0.773 without (bright grey matter under the field read as edema); core and enhancing
-# 0.836 / 0.852 with it, 0.853 / 0.873 without.
+# 0.773 without (bright grey matter under the field read as edema) and 0.740 with the
+# paper's T1/T1c-only N4 (`--prepare paper-n4`): edema is seen on T2 and FLAIR. Core and
+# enhancing 0.836 / 0.852 with it, 0.853 / 0.873 without.
 PREPARE_BRAIN = {"n4": True, "n4_channels": ("t1", "t1c", "t2", "flair")}
 PREPARE_LIVER: dict = {}
 

@@ -160,13 +160,18 @@ def load_recipe(
     (``3``, ``0.01``, ``true``, ``"text"``, ``["output"]``) and fall back to a bare string.
     """
     path = Path(path)
+    return recipe_from_dict(read_recipe_file(path), path, overrides=overrides, profile=profile)
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """The TOML tables of a recipe file; a missing or broken file is one clear error."""
+    path = Path(path)
     if not path.exists():
         raise BraverError("recipe not found", path, "pass a .toml file or a shipped recipe name")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise BraverError(f"is not valid TOML ({error})", path, "fix the syntax") from None
-    return recipe_from_dict(data, path, overrides=overrides, profile=profile)
 
 
 def recipe_from_dict(

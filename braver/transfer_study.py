@@ -35,12 +35,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from fastai.callback.core import Callback
 from rich.console import Console
 
 from braver.errors import BraverError
-from braver.recipe import Recipe, parse_override, recipe_from_dict
+from braver.recipe import Recipe, parse_override, read_recipe_file, recipe_from_dict
 
 PRESETS = {"both": ["local", "global"], "none": []}
 TABLES = ("transfer", "prepare")
@@ -90,12 +89,7 @@ def load_liver_recipe(
     ``overrides`` (``--set``) may also name ``transfer.*`` and ``prepare.*`` keys.
     """
     path = Path(path)
-    if not path.exists():
-        raise BraverError("recipe not found", path, "pass a .toml file or a shipped recipe name")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise BraverError(f"is not valid TOML ({error})", path, "fix the syntax") from None
+    data = read_recipe_file(path)
     tables = {name: dict(data.pop(name, {})) for name in TABLES}
     rest = []
     for item in overrides:

@@ -1,0 +1,1 @@
+"""Studies: each a table of runs (hyperparameter search, transfer setups, surgery)."""

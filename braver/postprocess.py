@@ -1,0 +1,334 @@
+"""Anatomy-aware clean-up of a predicted class map (Havaei et al. 2017, section 4).
+
+The paper removes connected components below a size threshold; for the liver, the organ is
+one piece and a tumour lies inside it. Four options, each off unless asked for, applied in
+this order by ``postprocess(classes, scheme, options)``:
+
+- ``largest_component`` (organ schemes, i.e. liver): only the largest 26-connected component
+  of the organ region (liver and tumour together) stays; every other component becomes
+  background.
+- ``inside_organ_dilation_mm`` (organ schemes): tumour voxels farther than this many mm from
+  the organ's liver voxels (their holes filled, slice by slice) become background; ``None``
+  is off, ``0`` keeps tumour inside the filled liver only.
+- ``min_component_voxels``: 26-connected tumour components (brain: all tumour classes
+  together) of fewer voxels become background (brain) or liver (organ schemes).
+- ``fill_holes``: holes of the tumour core (brain: pixels enclosed by core in an axial slice)
+  become the core's non-enhancing class (necrosis); organ schemes: holes of the organ become
+  liver. Holes are filled per axial slice, where a 2-D network draws its rims.
+
+Class maps are (Z, Y, X) class indices (axial slices first, as the cache stores them); every
+function returns a new array. Defaults (``DEFAULTS``) are measured on phantom validation cases
+with ``bench/quality.py``; a run may record its own (run.json ``extra["postprocess"]``, e.g.
+a size learnt by ``select_option`` on its validation cases), which ``run_options`` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage
+
+from braver.data.labels import LabelScheme
+from braver.errors import BraverError
+
+if TYPE_CHECKING:
+    from braver.runs import RunInfo
+
+# components touch across faces, edges and corners (26-connectivity in 3-D)
+CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+
+
+@dataclass(frozen=True)
+class PostprocessOptions:
+    """What ``postprocess`` does (see the module docstring); the default does nothing."""
+
+    largest_component: bool = False
+    inside_organ_dilation_mm: float | None = None
+    min_component_voxels: int = 0
+    fill_holes: bool = False
+
+    @classmethod
+    def from_dict(
+        cls, table: Mapping[str, Any], base: PostprocessOptions | None = None, where: object = None
+    ) -> PostprocessOptions:
+        """Options from a recipe table or run.json entry; keys left out keep ``base``'s values.
+
+        Unknown keys and values of the wrong type are a ``BraverError`` naming ``where``.
+        """
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(table) - set(names))
+        if unknown:
+            raise BraverError(
+                f"unknown post-processing option(s) {unknown}",
+                where,
+                f"use {', '.join(names)}",
+            )
+        values = asdict(base or cls())
+        for key, value in table.items():
+            values[key] = _checked(key, value, where)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> PostprocessOptions:
+        return replace(self, **{k: _checked(k, v, None) for k, v in changes.items()})
+
+
+def _checked(key: str, value: Any, where: object) -> Any:
+    def bad(expected: str) -> BraverError:
+        return BraverError(
+            f"post-processing option {key} = {value!r} must be {expected}",
+            where,
+            f"set {key} to {expected}",
+        )
+
+    if key in ("largest_component", "fill_holes"):
+        if not isinstance(value, (bool, np.bool_)):
+            raise bad("true or false")
+        return bool(value)
+    if key == "min_component_voxels":
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise bad("a whole number of voxels, 0 or more")
+        return int(value)
+    if key == "inside_organ_dilation_mm":
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "off")):
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value < 0:
+            raise bad("a distance in mm, 0 or more (or none)")
+        return float(value)
+    return value
+
+
+#: nothing done
+NONE = PostprocessOptions()
+
+# Measured on the phantom validation cases with bench/quality.py (see there and the README):
+#: the options used when neither the run nor the caller says otherwise, per scheme kind
+DEFAULTS: dict[str, PostprocessOptions] = {
+    "brain": PostprocessOptions(min_component_voxels=0, fill_holes=False),
+    "liver": PostprocessOptions(largest_component=True),
+}
+
+#: sizes tried by ``select_option`` for ``min_component_voxels`` when none are given
+MIN_COMPONENT_CANDIDATES = (0, 10, 25, 50, 100, 200, 400, 800)
+
+
+def is_organ_scheme(scheme: LabelScheme) -> bool:
+    """A scheme with an organ region holding the tumour (liver CT), not a brain scheme."""
+    return "liver" in scheme.regions and "liver" in scheme.class_names
+
+
+def scheme_kind(scheme: LabelScheme) -> str:
+    return "liver" if is_organ_scheme(scheme) else "brain"
+
+
+def resolve_options(
+    scheme: LabelScheme,
+    options: PostprocessOptions | Mapping[str, Any] | None = None,
+    where: object = None,
+) -> PostprocessOptions:
+    """``None``: the scheme's defaults; a mapping: the defaults with those keys changed."""
+    if isinstance(options, PostprocessOptions):
+        resolved = options
+    else:
+        resolved = PostprocessOptions.from_dict(
+            options or {}, base=DEFAULTS[scheme_kind(scheme)], where=where
+        )
+    if not is_organ_scheme(scheme) and resolved.inside_organ_dilation_mm is not None:
+        raise BraverError(
+            f"inside_organ_dilation_mm applies to organ (liver) schemes, not {scheme.name}",
+            where,
+            "leave it out of the brain's post-processing options",
+        )
+    return resolved
+
+
+def run_options(
+    info: RunInfo, overrides: PostprocessOptions | Mapping[str, Any] | None = None
+) -> PostprocessOptions:
+    """The options a run records (run.json ``extra["postprocess"]``) over the scheme's defaults,
+    then ``overrides`` over those (a full ``PostprocessOptions`` replaces them all)."""
+    if isinstance(overrides, PostprocessOptions):
+        return resolve_options(info.scheme, overrides)
+    recorded = (info.extra or {}).get("postprocess") or {}
+    options = resolve_options(info.scheme, recorded, where="run.json")
+    if overrides:
+        options = PostprocessOptions.from_dict(overrides, base=options)
+    return resolve_options(info.scheme, options)
+
+
+# ---------------------------------------------------------------------------------------------
+# masks
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean mask (empty stays empty; ties: first)."""
+    labels, count = ndimage.label(mask, CONNECTIVITY)
+    if count <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == sizes.argmax()
+
+
+def small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """The voxels of 26-connected components of fewer than ``min_voxels`` voxels."""
+    if min_voxels <= 0:
+        return np.zeros(mask.shape, dtype=bool)
+    labels, count = ndimage.label(mask, CONNECTIVITY)
+    if not count:
+        return np.zeros(mask.shape, dtype=bool)
+    small = np.bincount(labels.ravel()) < min_voxels
+    small[0] = False
+    return small[labels]
+
+
+def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with each axial slice's holes filled (a hole: pixels not 4-connected to the
+    slice's border through pixels outside the mask). ``mask`` is (Z, Y, X)."""
+    filled = np.array(mask, dtype=bool, copy=True)
+    for z in np.flatnonzero(filled.reshape(filled.shape[0], -1).any(axis=1)):
+        filled[z] = ndimage.binary_fill_holes(filled[z])
+    return filled
+
+
+def within_distance(
+    mask: np.ndarray, distance_mm: float, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)
+) -> np.ndarray:
+    """Voxels whose centre lies within ``distance_mm`` of a voxel of ``mask`` (the mask itself
+    included); Euclidean, in mm with the voxel spacing. An empty mask gives an empty result."""
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=bool)
+    if distance_mm <= 0:
+        return mask.astype(bool, copy=True)
+    distance = ndimage.distance_transform_edt(~mask, sampling=np.asarray(spacing_zyx, float))
+    return distance <= distance_mm
+
+
+# ---------------------------------------------------------------------------------------------
+# class maps
+
+
+def postprocess(
+    classes: np.ndarray,
+    scheme: LabelScheme,
+    options: PostprocessOptions | Mapping[str, Any] | None = None,
+    *,
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
+    """The class map after the options' clean-up (``None``: the scheme's defaults).
+
+    ``classes`` holds class indices of ``scheme`` on a (Z, Y, X) grid of ``spacing_zyx`` mm
+    (used by ``inside_organ_dilation_mm``). Returns a new array; the input is not changed.
+    """
+    options = resolve_options(scheme, options)
+    out = np.array(classes, copy=True)
+    if is_organ_scheme(scheme):
+        _organ(out, scheme, options, spacing_zyx)
+    else:
+        _brain(out, scheme, options)
+    return out
+
+
+def _classes_mask(classes: np.ndarray, indices: Iterable[int]) -> np.ndarray:
+    return np.isin(classes, list(indices))
+
+
+def _organ(out: np.ndarray, scheme: LabelScheme, options: PostprocessOptions, spacing) -> None:
+    liver = scheme.class_names.index("liver")
+    tumour_classes = scheme.region_classes("tumor")
+    organ_classes = scheme.region_classes("liver")
+    if options.largest_component:
+        organ = _classes_mask(out, organ_classes)
+        out[organ & ~largest_component(organ)] = 0
+    if options.inside_organ_dilation_mm is not None:
+        hull = fill_holes_per_slice(out == liver)
+        allowed = within_distance(hull, options.inside_organ_dilation_mm, spacing)
+        out[_classes_mask(out, tumour_classes) & ~allowed] = 0
+    if options.min_component_voxels:
+        out[small_components(_classes_mask(out, tumour_classes), options.min_component_voxels)] = (
+            liver
+        )
+    if options.fill_holes:
+        organ = _classes_mask(out, organ_classes)
+        out[fill_holes_per_slice(organ) & ~organ] = liver
+
+
+def _brain(out: np.ndarray, scheme: LabelScheme, options: PostprocessOptions) -> None:
+    if options.largest_component:
+        tumour = out != 0
+        out[tumour & ~largest_component(tumour)] = 0
+    if options.min_component_voxels:
+        out[small_components(out != 0, options.min_component_voxels)] = 0
+    if options.fill_holes and "tumor_core" in scheme.regions:
+        core_classes = scheme.region_classes("tumor_core")
+        core = _classes_mask(out, core_classes)
+        out[fill_holes_per_slice(core) & ~core] = core_fill_class(scheme)
+
+
+def core_fill_class(scheme: LabelScheme) -> int:
+    """The class a hole in the tumour core becomes: the first core class that does not enhance
+    (necrosis in BraTS, non-enhancing in MSD)."""
+    enhancing = (
+        set(scheme.region_classes("enhancing_tumor"))
+        if "enhancing_tumor" in scheme.regions
+        else set()
+    )
+    return next(c for c in scheme.region_classes("tumor_core") if c not in enhancing)
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing values on validation cases
+
+
+def region_dice(pred: np.ndarray, truth: np.ndarray, scheme: LabelScheme) -> dict[str, float]:
+    """Dice of every region of the scheme (both empty: 1, as ``braver.metrics``)."""
+    scores = {}
+    for region in scheme.regions:
+        indices = scheme.region_classes(region)
+        a, b = _classes_mask(pred, indices), _classes_mask(truth, indices)
+        tp = int(np.count_nonzero(a & b))
+        total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+        scores[f"{region}_dice"] = 2 * tp / total if total else 1.0
+    return scores
+
+
+def select_option(
+    cases: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]],
+    scheme: LabelScheme,
+    name: str = "min_component_voxels",
+    candidates: Sequence[Any] | None = None,
+    base: PostprocessOptions | Mapping[str, Any] | None = None,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The candidate value of option ``name`` with the highest mean validation Dice.
+
+    ``cases`` are ``(predicted classes, true classes, spacing_zyx)`` of validation cases, the
+    prediction before post-processing; each candidate is applied on top of ``base`` (default:
+    the scheme's defaults). The score is the Dice averaged over the scheme's regions and the
+    cases; on a tie the first candidate wins (list the gentlest first). Returns the value and
+    one row per candidate (``{name: value, "mean_dice": …, "<region>_dice": …}``).
+    """
+    if not cases:
+        raise BraverError(
+            f"no validation cases to choose {name} on", None, "give at least one labelled case"
+        )
+    if candidates is None:
+        if name != "min_component_voxels":
+            raise BraverError(f"give the candidate values of {name} to choose from")
+        candidates = MIN_COMPONENT_CANDIDATES
+    base = resolve_options(scheme, base)
+    rows = []
+    for value in candidates:
+        options = resolve_options(scheme, base.replace(**{name: value}))
+        totals: dict[str, float] = {}
+        for pred, truth, spacing in cases:
+            cleaned = postprocess(pred, scheme, options, spacing_zyx=spacing)
+            for key, dice in region_dice(cleaned, truth, scheme).items():
+                totals[key] = totals.get(key, 0.0) + dice / len(cases)
+        rows.append({name: value, "mean_dice": float(np.mean(list(totals.values()))), **totals})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["mean_dice"], -i))
+    return candidates[best], rows

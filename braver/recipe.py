@@ -51,18 +51,29 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    """SGD with momentum, per-epoch learning-rate decay, and regularisation (paper 4.1)."""
+    """SGD with momentum, the paper's learning-rate schedule, regularisation (paper 3.2, 4).
+
+    The learning rate falls linearly from ``lr`` to ``lr · lr_decay`` over the first
+    ``lr_saturate`` epochs of a stage, then stays (Pylearn2's ``LinearDecayOverEpoch``, which
+    the paper's "decay factor 10^-1" names); momentum rises linearly from ``momentum_start`` to
+    ``momentum_end`` over ``momentum_epochs`` epochs (Pylearn2's ``MomentumAdjustor``).
+    """
 
     lr: float = 0.005
-    lr_decay: float = 0.1  # multiplied into the learning rate after every epoch
+    lr_decay: float = 0.1  # the rate reached at lr_saturate, as a fraction of lr
+    lr_saturate: int = 10  # epoch of a stage at which the linear decay reaches lr · lr_decay
     momentum_start: float = 0.5
     momentum_end: float = 0.9
     momentum_epochs: int = 10  # epochs over which momentum rises linearly
     l1: float = 0.0
     l2: float = 0.0
     max_norm: float = 0.0  # 0: off; else each kernel's L2 norm is clipped to this
+    weight_bound: float = 0.0  # 0: off; else every kernel weight is clipped to [-b, b]
+    grad_clip: float = 0.0  # 0: off; else the gradients' global L2 norm is clipped to this
     class_weights: bool = True  # mode "tile": per-pixel weights that stand in for balancing
     class_weight_power: float = 1.0  # 1: balanced; below 1 softer (tile mode)
+    divergence_retries: int = 2  # a diverged epoch rolls back and halves the rate this often
+    spike_factor: float = 10.0  # a training loss this many times the stage's best: diverged
 
 
 @dataclass
@@ -75,14 +86,19 @@ class StageSection:
     lr: float | None = None  # None: continue from the optimiser section's value
     train: list[str] = field(default_factory=list)  # groups trained; empty: every group
     patience: int = 0  # early stopping on validation loss; 0: off
+    # stage 2 only: at its start the output biases move by prior_shift · log(class frequency
+    # / balanced frequency), the natural prior the paper's output biases carry; 0: off
+    prior_shift: float = 0.0
 
 
 @dataclass
 class CascadeSection:
-    """Cascades (paper 3.3): the first TwoPathCNN is trained alone, frozen, then the second."""
+    """Cascades (paper 3.1.2): the first TwoPathCNN is trained alone with both stages of 3.2,
+    then fixed (and run without dropout) while the second trains."""
 
-    first_epochs: int = 1
+    first_epochs: int = 1  # its balanced stage
     first_patches_per_epoch: int = 100_000
+    first_stage2_epochs: int = 1  # its natural stage (output layer only); 0: skip
 
 
 @dataclass
@@ -124,6 +140,11 @@ class Recipe:
             ("data.intensity", 0 <= self.data.intensity < 1, "in [0, 1)"),
             ("optim.lr", self.optim.lr > 0, "positive"),
             ("optim.lr_decay", 0 < self.optim.lr_decay <= 1, "in (0, 1]"),
+            ("optim.lr_saturate", self.optim.lr_saturate >= 1, "a positive integer"),
+            ("optim.weight_bound", self.optim.weight_bound >= 0, "non-negative"),
+            ("optim.grad_clip", self.optim.grad_clip >= 0, "non-negative"),
+            ("optim.divergence_retries", self.optim.divergence_retries >= 0, "non-negative"),
+            ("optim.spike_factor", self.optim.spike_factor > 1, "greater than 1"),
             ("optim.momentum_start", 0 <= self.optim.momentum_start < 1, "in [0, 1)"),
             ("optim.momentum_end", 0 <= self.optim.momentum_end < 1, "in [0, 1)"),
             ("optim.l1", self.optim.l1 >= 0, "non-negative"),
@@ -141,6 +162,7 @@ class Recipe:
                 (f"{name}.sampling", stage.sampling in SAMPLINGS, f"one of {', '.join(SAMPLINGS)}"),
                 (f"{name}.patches_per_epoch", stage.patches_per_epoch >= 1, "a positive integer"),
                 (f"{name}.patience", stage.patience >= 0, "a non-negative integer"),
+                (f"{name}.prior_shift", 0 <= stage.prior_shift <= 1, "in [0, 1]"),
             ]
         for key, ok, expected in checks:
             if not ok:
@@ -323,3 +345,131 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+# ---------------------------------------------------------------------------------------------
+# Study recipes, read with the same typed machinery (unknown keys and values of the wrong type
+# name the key and the file): the [variants] and [evaluation] tables of a prune recipe
+# (recipes/prune.toml) and the [transfer] table of a liver recipe (recipes/liver.toml).
+
+
+@dataclass
+class PruneVariants:
+    """``[variants]``: what ``braver prune`` runs when no variant option is given.
+
+    ``identity`` is ``"each"`` (every layer that keeps its number of maps, alone) or a list of
+    layer names; ``keep`` lists paths; ``keep_network`` lists networks (cascades only, skipped
+    for a TwoPathCNN); ``switch``/``copy`` list pairs of layer names.
+    """
+
+    identity: str | list[str] = "each"
+    keep: list[str] = field(default_factory=lambda: ["local", "global"])
+    keep_network: list[str] = field(default_factory=lambda: ["second", "first"])
+    switch: list[list[str]] = field(default_factory=list)
+    copy: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class PruneEvaluation:
+    """``[evaluation]``: how many cases (0: all) and slices per forward pass (0: default)."""
+
+    cases: int = 0
+    batch_size: int = 0
+
+
+@dataclass
+class PruneRecipe:
+    """A prune recipe: the default variants and how to evaluate them."""
+
+    variants: PruneVariants = field(default_factory=PruneVariants)
+    evaluation: PruneEvaluation = field(default_factory=PruneEvaluation)
+    source: str | None = field(default=None, compare=False)
+
+    def validate(self) -> PruneRecipe:
+        from braver.surgery import NETWORKS, PATHS
+
+        def names(value: Any) -> bool:
+            return isinstance(value, list) and all(isinstance(n, str) and n.strip() for n in value)
+
+        v, path = self.variants, self.source
+        if not (v.identity == "each" or names(v.identity)):
+            _bad("variants.identity", v.identity, '"each" or a list of layer names', path)
+        for key, allowed in (("keep", PATHS), ("keep_network", NETWORKS)):
+            value = getattr(v, key)
+            if not all(n.split(".")[-1] in allowed for n in value):
+                _bad(f"variants.{key}", value, f"a list of {' / '.join(allowed)}", path)
+        for key in ("switch", "copy"):
+            value = getattr(v, key)
+            if not all(len(pair) == 2 for pair in value):
+                _bad(
+                    f"variants.{key}",
+                    value,
+                    'a list of pairs of layer names, e.g. [["first.output", "second.output"]]',
+                    path,
+                )
+        for key in ("cases", "batch_size"):
+            if getattr(self.evaluation, key) < 0:
+                _bad(f"evaluation.{key}", getattr(self.evaluation, key), "0 or more", path)
+        return self
+
+
+def load_prune_recipe(path: str | Path | None = None) -> PruneRecipe:
+    """Read a prune recipe (default: the shipped ``recipes/prune.toml``)."""
+    path = Path(path) if path is not None else shipped_recipe("prune")
+    recipe = _build(PruneRecipe, read_recipe_file(path), "", path)
+    recipe.source = str(path)
+    return recipe.validate()
+
+
+@dataclass
+class TransferSetupSpec:
+    """One setup of a transfer study: a freeze value and the name shown in its table row."""
+
+    freeze: str
+    name: str | None = None  # default: "freeze <freeze>", or the seed setup's own name
+
+
+@dataclass
+class TransferSetups:
+    """The setups run when no ``--freeze`` is given, per architecture."""
+
+    twopath: list[TransferSetupSpec] = field(default_factory=list)
+    cascade: list[TransferSetupSpec] = field(default_factory=list)
+
+
+@dataclass
+class TransferSection:
+    """``[transfer]`` of a liver recipe: input-channel strategy, class-map weights, setups."""
+
+    strategy: str = "sum"
+    class_map: str = "reinit"
+    baseline: bool = True  # the default setups end with the same network from scratch
+    setups: TransferSetups = field(default_factory=TransferSetups)
+
+    def validate(self, path: object = None) -> TransferSection:
+        from braver.transfer import CLASS_MAP_STRATEGIES, STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            _bad("transfer.strategy", self.strategy, f"one of {', '.join(STRATEGIES)}", path)
+        if self.class_map not in CLASS_MAP_STRATEGIES:
+            _bad("transfer.class_map", self.class_map, f"one of {', '.join(CLASS_MAP_STRATEGIES)}", path)  # fmt: skip
+        return self
+
+
+def transfer_section(table: dict[str, Any], source: object = None) -> TransferSection:
+    """The ``[transfer]`` table as a ``TransferSection``; a setup may be written as a bare freeze
+    value (``"local"``) or as ``{ name = "...", freeze = "..." }``."""
+    table = dict(table)
+    setups = table.get("setups")
+    if isinstance(setups, dict):
+        table["setups"] = {
+            kind: [{"freeze": item} if isinstance(item, str) else item for item in items]
+            if isinstance(items, list)
+            else items
+            for kind, items in setups.items()
+        }
+    return _build(TransferSection, table, "transfer.", source).validate(source)
+
+
+def _bad(key: str, value: Any, expected: str, path: object) -> None:
+    raise BraverError(f"{key} = {value!r} must be {expected}", path, "fix the recipe")

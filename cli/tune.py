@@ -1,0 +1,176 @@
+"""`braver tune`: a hyperparameter search over recipe keys, each trial a run folder.
+
+``braver tune brain --trials 20`` searches the shipped space (recipes/tune_space.toml) with
+Optuna on the phantoms (or ``--data``) and writes the study folder (``braver.studies.tune``).
+Running the same command again resumes the study; ``--storage postgresql://…`` shares it
+between machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from braver.cli._common import console, is_interactive
+from braver.errors import BraverError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def tune(
+        recipe: Annotated[
+            str,
+            typer.Argument(
+                help="A shipped recipe name (brain, liver) or a recipe file (PATH.toml)."
+            ),
+        ],
+        data: Annotated[
+            Path | None,
+            typer.Option(
+                "--data",
+                help="Dataset folder. Without it: the built-in phantoms.",
+                show_default=False,
+            ),
+        ] = None,
+        format: Annotated[
+            str | None,
+            typer.Option(
+                "--format", help="Dataset layout, when detection fails.", show_default=False
+            ),
+        ] = None,
+        space: Annotated[
+            Path | None,
+            typer.Option(
+                "--space",
+                help="Search space TOML (default: the shipped recipes/tune_space.toml).",
+                show_default=False,
+            ),
+        ] = None,
+        trials: Annotated[
+            int,
+            typer.Option(
+                "--trials",
+                min=1,
+                help="Finished (complete or pruned) trials the study should reach, counting "
+                "earlier runs and other processes.",
+            ),
+        ] = 20,
+        timeout: Annotated[
+            float | None,
+            typer.Option(
+                "--timeout",
+                help="Start no new trial after this many seconds.",
+                show_default=False,
+            ),
+        ] = None,
+        study: Annotated[
+            str | None,
+            typer.Option(
+                "--study",
+                help="Study name (default: the recipe's name, e.g. brain-phantom).",
+                show_default=False,
+            ),
+        ] = None,
+        storage: Annotated[
+            str | None,
+            typer.Option(
+                "--storage",
+                help="Optuna storage URL shared by several processes or machines, e.g. "
+                "postgresql://user:password@host/braver (default: OUT/tune-STUDY/study.db).",
+                show_default=False,
+            ),
+        ] = None,
+        metric: Annotated[
+            str | None,
+            typer.Option(
+                "--metric",
+                help="Whole-volume validation metric to optimise (default: whole_tumor_dice "
+                "for brain, tumor_dice for liver); *_hd95_mm is minimised.",
+                show_default=False,
+            ),
+        ] = None,
+        pruner: Annotated[
+            str,
+            typer.Option("--pruner", help="median, halving (successive halving) or none."),
+        ] = "median",
+        seed: Annotated[
+            int | None,
+            typer.Option(
+                "--seed",
+                help="Sampler seed (leave unset when several processes share the study).",
+                show_default=False,
+            ),
+        ] = None,
+        out: Annotated[
+            Path, typer.Option("--out", help="Folder that receives the study folder.")
+        ] = Path("runs"),
+        device: Annotated[
+            str | None,
+            typer.Option("--device", help="cpu or cuda (default: cuda when available)."),
+        ] = None,
+        overrides: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--set", help="Fix a recipe value for every trial, e.g. --set stage1.epochs=5."
+            ),
+        ] = None,
+        workers: Annotated[
+            int, typer.Option("--workers", help="Processes for preparing --data.")
+        ] = 1,
+    ) -> None:
+        """Search recipe hyperparameters with Optuna; each trial is a run folder.
+
+        The study folder (OUT/tune-STUDY) gets trials.csv, history.png, importances.png,
+        tune.json and best.toml, which 'braver train best.toml' accepts as is. Run the same
+        command again to resume; trials a killed process left running are marked failed.
+        """
+        import torch
+
+        from braver.cli.train import training_cache
+        from braver.data.cache import Cache
+        from braver.metrics import metric_names
+        from braver.recipe import load_recipe, shipped_recipe
+        from braver.studies.tune import (
+            DEFAULT_METRIC,
+            PRUNERS,
+            default_space_path,
+            load_space,
+            recipe_trainer,
+        )
+        from braver.studies.tune import tune as run_tune
+
+        if pruner not in PRUNERS:
+            raise BraverError(f"unknown pruner {pruner!r}", None, f"choose {', '.join(PRUNERS)}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        path = Path(recipe)
+        if path.suffix != ".toml":
+            path = shipped_recipe(recipe)
+        elif not path.exists():
+            raise BraverError("recipe file not found", path, "check the path")
+        profile = None if data else "phantom"
+        loaded = load_recipe(path, overrides or [], profile=profile)
+        search = load_space(space or default_space_path(), loaded, profile=profile)
+        progress = is_interactive()
+        cache = training_cache(loaded.kind, data, format=format, workers=workers, progress=progress)
+        scheme = Cache.open(cache).scheme
+        metric = metric or DEFAULT_METRIC.get(loaded.kind, f"{scheme.regions[0]}_dice")
+        name = study or loaded.name
+        result = run_tune(
+            loaded,
+            search,
+            recipe_trainer(cache, device=device, data=data, console=console, progress=progress),
+            folder=out / f"tune-{name}",
+            study_name=name,
+            metric=metric,
+            valid_metrics=metric_names(scheme),
+            storage=storage,
+            trials=trials,
+            timeout=timeout,
+            pruner=pruner,
+            seed=seed,
+            console=console,
+        )
+        console.print(f"Study folder: {result.folder}")

@@ -21,32 +21,33 @@ centred on pixel ``c`` covers ``[c - S // 2, c - S // 2 + S)``, so a slice is pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from scipy.fft import next_fast_len
 from torch.overrides import TorchFunctionMode
 
 from braver.data.labels import LabelScheme
 from braver.errors import BraverError
-from braver.metrics import region_mask, region_scores, worst_hd95_mm
+from braver.metrics import region_scores, worst_hd95_mm
+from braver.postprocess import PostprocessOptions, is_organ_scheme, postprocess, resolve_options
 
 if TYPE_CHECKING:
     from braver.data.cache import Cache, CachedCase
     from braver.data.formats import Case
     from braver.runs import RunInfo
 
+#: post-processing options: a full ``PostprocessOptions``, or a mapping of changes to the
+#: run's (``predict_case``) or the scheme's defaults (``score_cached_case``); None: those
+PostprocessArgument = PostprocessOptions | Mapping[str, Any] | None
+
 #: called as ``progress(slices_done, slices_total)`` while a volume is predicted
 Progress = Callable[[int, int], None]
-
-# components touch across faces, edges and corners (26-connectivity in 3-D)
-_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -256,34 +257,19 @@ def clean_components(
 ) -> np.ndarray:
     """Remove small tumour components; for liver, keep the largest liver component only.
 
-    Components are 26-connected in 3-D. Brain schemes: every connected tumour component (all
-    non-background classes together) of fewer than ``min_size`` voxels becomes background.
-    Liver schemes: with ``keep_largest`` (the default for liver) every liver component but the
-    largest becomes background; tumour components below ``min_size`` become liver.
+    The paper's clean-up as ``braver.postprocess.postprocess`` options: ``min_size`` is
+    ``min_component_voxels``, ``keep_largest`` (default: on for liver) ``largest_component``.
     Returns a new array; the input is not changed.
     """
-    out = np.array(classes, copy=True)
-    is_liver = "liver" in scheme.regions and "liver" in scheme.class_names
     if keep_largest is None:
-        keep_largest = is_liver
-    if keep_largest and is_liver:
-        organ = region_mask(out, scheme, "liver")
-        labels, count = ndimage.label(organ, _CONNECTIVITY)
-        if count > 1:
-            sizes = np.bincount(labels.ravel())
-            sizes[0] = 0
-            out[organ & (labels != sizes.argmax())] = 0
-    if min_size > 0:
-        if is_liver:
-            tumour, fill = region_mask(out, scheme, "tumor"), scheme.class_names.index("liver")
-        else:
-            tumour, fill = out != 0, 0
-        labels, count = ndimage.label(tumour, _CONNECTIVITY)
-        if count:
-            small = np.bincount(labels.ravel()) < min_size
-            small[0] = False
-            out[small[labels]] = fill
-    return out
+        keep_largest = is_organ_scheme(scheme)
+    options = PostprocessOptions(largest_component=keep_largest, min_component_voxels=min_size)
+    return postprocess(classes, scheme, options)
+
+
+def _postprocess(classes, scheme, options, spacing_zyx) -> np.ndarray:
+    # the argument named postprocess hides the function in the callers
+    return postprocess(classes, scheme, options, spacing_zyx=spacing_zyx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,18 +330,19 @@ def predict_case(
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
     tta: bool = False,
-    min_component: int = 0,
-    keep_largest: bool | None = None,
+    postprocess: PostprocessArgument = None,
     progress: Progress | None = None,
 ) -> CasePrediction:
     """Segment one raw case as the run was trained, back in the input file's geometry.
 
-    Preprocesses with the run's prepare settings, predicts densely, cleans up components, and
-    restores the class map to the file's voxel grid with the dataset's label values. With
+    Preprocesses with the run's prepare settings, predicts densely, post-processes (the run's
+    options, ``braver.postprocess.run_options``, changed by ``postprocess``), and restores the
+    class map to the file's voxel grid with the dataset's label values. With
     ``out_dir``, writes ``<case>_seg.nii.gz`` (uint8, the input's affine and shape) and, with
     ``probabilities``, ``<case>_probabilities.nii.gz`` (4-D float32, one volume per class).
     """
     from braver.data.io import save_nifti
+    from braver.postprocess import run_options
     from braver.data.preprocess import PrepareSettings, preprocess_case, restore_to_original
 
     scheme = check_compatible(run_info, case)
@@ -364,8 +351,12 @@ def predict_case(
     probs = predict_volume(
         model, image, device=device, batch_size=batch_size, tta=tta, progress=progress
     )
-    classes = probs.argmax(axis=0).astype(np.uint8)
-    classes = clean_components(classes, scheme, min_size=min_component, keep_largest=keep_largest)
+    classes = _postprocess(
+        probs.argmax(axis=0).astype(np.uint8),
+        scheme,
+        run_options(run_info, postprocess),
+        prepared.meta["spacing_zyx"],
+    )
 
     meta = {**prepared.meta, "label_scheme": scheme.to_json()}
     segmentation = restore_to_original(classes, meta)
@@ -422,11 +413,12 @@ def score_cached_case(
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
     tta: bool = False,
-    min_component: int = 0,
+    postprocess: PostprocessArgument = None,
     progress: Progress | None = None,
 ) -> ScoredCase:
     """Predict a cached case densely and score it against its label (see ``region_scores``).
 
+    ``postprocess``: options (``braver.postprocess``) over the scheme's defaults.
     Scored on the cropped canonical grid with the case's spacing; a missed or spurious region
     gets the diagonal of the full (uncropped) canonical volume as HD95. Specificity counts
     the true negatives inside the foreground crop only.
@@ -441,11 +433,10 @@ def score_cached_case(
     probs = predict_volume(
         model, case.image, device=device, batch_size=batch_size, tta=tta, progress=progress
     )
-    classes = clean_components(
-        probs.argmax(axis=0).astype(np.uint8), scheme, min_size=min_component
-    )
-    truth = np.asarray(case.label)
     spacing = tuple(float(s) for s in meta["spacing_zyx"])
+    options = resolve_options(scheme, postprocess)
+    classes = _postprocess(probs.argmax(axis=0).astype(np.uint8), scheme, options, spacing)
+    truth = np.asarray(case.label)
     worst = worst_hd95_mm(meta.get("canonical_shape_zyx", truth.shape), spacing)
     scores = region_scores(classes, truth, scheme, spacing, worst_hd95=worst)
     channel = display_channel(meta.get("channels", []))
@@ -467,11 +458,12 @@ def evaluate_cached_cases(
     *,
     batch_size: int | None = None,
     tta: bool = False,
-    min_component: int = 0,
+    postprocess: PostprocessArgument = None,
     on_case: Callable[[ScoredCase], None] | None = None,
 ) -> list[dict]:
     """Whole-volume dense prediction of cached cases, one row of region scores per case.
 
+    ``postprocess``: options (``braver.postprocess``) over the scheme's defaults.
     Rows are ``{"case": id, "<region>_dice": …, …}`` (see ``braver.metrics.region_scores``);
     ``on_case`` is called with each ``ScoredCase`` (e.g. to draw an overlay or advance a bar).
     """
@@ -485,7 +477,7 @@ def evaluate_cached_cases(
             device=device,
             batch_size=batch_size,
             tta=tta,
-            min_component=min_component,
+            postprocess=postprocess,
         )
         rows.append(scored.row)
         if on_case is not None:

@@ -106,6 +106,21 @@ def _checked(key: str, value: Any, where: object) -> Any:
 #: nothing done
 NONE = PostprocessOptions()
 
+
+def describe(options: PostprocessOptions) -> str:
+    """A short description of what the options do, for a terminal line ("none" when nothing)."""
+    parts = []
+    if options.largest_component:
+        parts.append("largest component")
+    if options.inside_organ_dilation_mm is not None:
+        parts.append(f"tumour within {options.inside_organ_dilation_mm:g} mm of the liver")
+    if options.min_component_voxels:
+        parts.append(f"components of {options.min_component_voxels}+ voxels")
+    if options.fill_holes:
+        parts.append("holes filled")
+    return ", ".join(parts) or "none"
+
+
 # Measured on the phantom validation cases with bench/quality.py (see there and the README):
 #: the options used when neither the run nor the caller says otherwise, per scheme kind
 DEFAULTS: dict[str, PostprocessOptions] = {

@@ -79,3 +79,32 @@ BatchSizeOption = Annotated[
     int | None,
     typer.Option("--batch-size", min=1, help="Axial slices per forward pass.", show_default=False),
 ]
+MinComponentOption = Annotated[
+    int | None,
+    typer.Option(
+        "--min-component",
+        min=0,
+        help="Remove tumour components smaller than N voxels (default: the run's "
+        "post-processing; 0 keeps all).",
+        show_default=False,
+    ),
+]
+PostprocessFlag = Annotated[
+    bool,
+    typer.Option(
+        "--postprocess/--no-postprocess",
+        help="Apply the run's post-processing (run.json, else braver's defaults: liver = its "
+        "largest component; see braver.postprocess).",
+    ),
+]
+
+
+def postprocess_choice(enabled: bool, min_component: int | None):
+    """--postprocess/--min-component as the ``postprocess`` argument of ``braver.inference``:
+    None (the run's options), a mapping of changes to them, or options replacing them all."""
+    from braver.postprocess import NONE
+
+    changes = {} if min_component is None else {"min_component_voxels": min_component}
+    if not enabled:
+        return NONE.replace(**changes)
+    return changes or None

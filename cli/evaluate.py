@@ -18,7 +18,15 @@ from typing import Annotated
 
 import typer
 
-from braver.cli._common import BatchSizeOption, DeviceOption, RunArgument, console
+from braver.cli._common import (
+    BatchSizeOption,
+    DeviceOption,
+    MinComponentOption,
+    PostprocessFlag,
+    RunArgument,
+    console,
+    postprocess_choice,
+)
 from braver.errors import BraverError
 
 
@@ -76,10 +84,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
-        min_component: Annotated[
-            int,
-            typer.Option("--min-component", min=0, help="Remove tumour components below N voxels."),
-        ] = 0,
+        postprocess: PostprocessFlag = True,
+        min_component: MinComponentOption = None,
         device: DeviceOption = "auto",
         batch_size: BatchSizeOption = None,
         format: Annotated[
@@ -116,17 +122,20 @@ def register(app: typer.Typer) -> None:
             mode, scored_cases, source = _score_predictions(pred, truth, format)
         else:
             from braver.inference import resolve_device
+            from braver.postprocess import describe, run_options
             from braver.runs import load_model, resolve_run
 
             run = resolve_run(run, runs, "brain", "braver evaluate")
             torch_device = resolve_device(device)
             model, info = load_model(run, device=str(torch_device))
             out = out or _timestamped(run, "eval")
+            postprocess_options = run_options(info, postprocess_choice(postprocess, min_component))
+            console.print(f"post-processing {describe(postprocess_options)}")
             options = {
                 "device": torch_device,
                 "batch_size": batch_size,
                 "tta": tta,
-                "min_component": min_component,
+                "postprocess": postprocess_options,
             }
             if data is not None:
                 mode, scored_cases, source = _predict_and_score(
@@ -234,6 +243,7 @@ def _predict_and_score(model, info, run: Path, data: Path, format: str | None, o
     source = {
         "run": str(run),
         "data": str(data),
+        "postprocess": options["postprocess"].to_dict(),
         "geometry": "file grid",
         "scheme": dataset.scheme,
         "cases": cases,
@@ -258,6 +268,7 @@ def _score_cache(model, info, run: Path, options: dict):
     source = {
         "run": str(run),
         "cache": str(cache_path),
+        "postprocess": options["postprocess"].to_dict(),
         "geometry": "cached (cropped canonical) grid",
         "scheme": scheme,
         "cases": list(info.validation_cases),

@@ -10,7 +10,15 @@ from typing import Annotated
 
 import typer
 
-from braver.cli._common import BatchSizeOption, DeviceOption, console, progress_bar
+from braver.cli._common import (
+    BatchSizeOption,
+    DeviceOption,
+    MinComponentOption,
+    PostprocessFlag,
+    console,
+    postprocess_choice,
+    progress_bar,
+)
 from braver.errors import BraverError
 
 RUN_FILE = "run.json"  # what marks a folder as a run (braver.runs.RUN_FILE; no torch import here)
@@ -85,14 +93,8 @@ def register(app: typer.Typer) -> None:
         tta: Annotated[
             bool, typer.Option("--tta", help="Average with the left-right flipped prediction.")
         ] = False,
-        min_component: Annotated[
-            int,
-            typer.Option(
-                "--min-component",
-                min=0,
-                help="Remove tumour components smaller than this many voxels (0: keep all).",
-            ),
-        ] = 0,
+        postprocess: PostprocessFlag = True,
+        min_component: MinComponentOption = None,
         device: DeviceOption = "auto",
         batch_size: BatchSizeOption = None,
         format: Annotated[
@@ -107,6 +109,7 @@ def register(app: typer.Typer) -> None:
         """Segment cases with a trained run: <case>_seg.nii.gz with the input's shape and affine."""
         from braver.data.formats import discover_inputs
         from braver.inference import predict_case, resolve_device
+        from braver.postprocess import describe, run_options
         from braver.report import write_table
         from braver.runs import load_model, resolve_run
 
@@ -119,9 +122,11 @@ def register(app: typer.Typer) -> None:
         if out.exists() and not out.is_dir():
             raise BraverError("exists and is not a folder", out, "choose another --out")
         model, info = load_model(run, device=str(torch_device))
+        options = run_options(info, postprocess_choice(postprocess, min_component))
         console.print(
             f"[bold]predict[/] {len(cases)} case(s) with {run} on {torch_device}"
             + (" (flip TTA)" if tta else "")
+            + f"; post-processing {describe(options)}"
         )
         rows = []
         with case_progress(len(cases), "cases") as tracker:
@@ -136,7 +141,7 @@ def register(app: typer.Typer) -> None:
                     device=torch_device,
                     batch_size=batch_size,
                     tta=tta,
-                    min_component=min_component,
+                    postprocess=options,
                     progress=tracker.step(case.case_id),
                 )
                 tracker.done()

@@ -12,6 +12,7 @@ from braver.postprocess import (
     NONE,
     PostprocessOptions,
     core_fill_class,
+    describe,
     fill_holes_per_slice,
     largest_component,
     postprocess,
@@ -219,3 +220,24 @@ def test_select_option_picks_the_size_with_the_best_validation_dice():
 def test_region_dice_counts_empty_as_perfect():
     empty = np.zeros((2, 2, 2), np.uint8)
     assert region_dice(empty, empty, LIVER) == {"liver_dice": 1.0, "tumor_dice": 1.0}
+
+
+def test_describe():
+    assert describe(NONE) == "none"
+    options = PostprocessOptions(True, 5.0, 50, True)
+    assert describe(options) == (
+        "largest component, tumour within 5 mm of the liver, components of 50+ voxels, holes filled"
+    )
+
+
+def test_cli_flags_become_the_postprocess_argument():
+    from braver.cli._common import postprocess_choice
+
+    assert postprocess_choice(True, None) is None  # the run's options
+    assert postprocess_choice(True, 7) == {"min_component_voxels": 7}  # changed
+    assert postprocess_choice(False, None) == NONE  # replaced: nothing done
+    assert postprocess_choice(False, 7) == NONE.replace(min_component_voxels=7)
+    recorded = run_info({"postprocess": {"fill_holes": True}})
+    assert run_options(recorded, postprocess_choice(True, 7)) == DEFAULTS["brain"].replace(
+        fill_holes=True, min_component_voxels=7
+    )

@@ -40,9 +40,9 @@ import torch
 from braver.data.formats import BRAIN_CHANNELS, Case
 from braver.data.labels import BRATS_2021
 from braver.data.phantoms import brain_phantom
-from braver.data.preprocess import PrepareSettings, RawCase, preprocess_raw
 from braver.inference import predict_volume
 from braver.models import create_model, crop_inputs
+from braver.preprocess import PrepareSettings, RawCase, preprocess_raw
 
 BRATS_SHAPE = (240, 240, 155)  # X, Y, Z
 PHANTOM_GRID = (171, 191, 145)  # its brain's foreground box is about 139 x 170 x 134

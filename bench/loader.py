@@ -120,7 +120,7 @@ def torchio_rate(cache_root: Path, batches: int, files: Path | None = None) -> f
 
 def make_phantom_cache(folder: Path, cases: int) -> Path:
     from braver.data.phantoms import synth_brain
-    from braver.data.preprocess import prepare_dataset
+    from braver.preprocess import prepare_dataset
 
     synth_brain(folder / "dataset", cases, seed=7, overwrite=True)
     prepare_dataset(folder / "dataset", folder / "cache", workers=1, progress=False)

@@ -43,7 +43,7 @@ def main() -> None:
     from rich.console import Console
 
     from braver.data.phantoms import default_phantom_cache
-    from braver.data.preprocess import PrepareSettings, default_workers, prepare_dataset
+    from braver.preprocess import PrepareSettings, default_workers, prepare_dataset
     from braver.recipe import load_recipe
     from braver.train.loop import train_from_recipe
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from braver.data.io import save_nifti
 from braver.data.phantoms import BRAIN_CHANNEL_FILES, brain_phantom
-from braver.data.preprocess import PrepareSettings, prepare_dataset, preprocess_case
+from braver.preprocess import PrepareSettings, prepare_dataset, preprocess_case
 
 BRATS_SHAPE = (240, 240, 155)
 
@@ -98,7 +98,7 @@ def main() -> None:
 
         # warm-up (imports, page cache) and a single-case breakdown, in this process
         from braver.data.formats import discover
-        from braver.data.preprocess import preprocess_raw, read_case
+        from braver.preprocess import preprocess_raw, read_case
 
         case = discover(dataset).cases[0]
         preprocess_case(case, settings)

@@ -343,7 +343,7 @@ def predict_case(
     """
     from braver.data.io import save_nifti
     from braver.postprocess import run_options
-    from braver.data.preprocess import PrepareSettings, preprocess_case, restore_to_original
+    from braver.preprocess import PrepareSettings, preprocess_case, restore_to_original
 
     scheme = check_compatible(run_info, case)
     prepared = preprocess_case(case, PrepareSettings.from_dict(run_info.prepare))

@@ -104,7 +104,7 @@ def load_liver_recipe(
 
 
 def _settings(table: dict, prepare: dict, path: Path) -> TransferSettings:
-    from braver.data.preprocess import PrepareSettings
+    from braver.preprocess import PrepareSettings
     from braver.transfer import CLASS_MAP_STRATEGIES, STRATEGIES
 
     known = {"strategy", "class_map", "baseline", "setups"}

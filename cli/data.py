@@ -117,7 +117,7 @@ def inspect(
     from rich.table import Table
 
     from braver.data.formats import discover
-    from braver.data.preprocess import class_imbalance, describe_case, save_montage
+    from braver.preprocess import class_imbalance, describe_case, save_montage
 
     dataset = discover(data, format.value if format else None)
     cases = dataset.cases[:limit] if limit else dataset.cases
@@ -218,7 +218,7 @@ def prepare(
 ) -> None:
     """Orient, clip, normalise and crop every case into a memory-mappable cache (resumable)."""
     from braver.data.formats import discover
-    from braver.data.preprocess import PrepareSettings, default_workers, prepare_dataset
+    from braver.preprocess import PrepareSettings, default_workers, prepare_dataset
 
     settings = {}
     if clip:

@@ -50,7 +50,7 @@ def prepare_data(
 ) -> Path:
     """Prepare a dataset folder into its cache (``_dataset_cache``), reporting failed cases;
     returns the cache folder. Shared with ``braver transfer``."""
-    from braver.data.preprocess import prepare_dataset
+    from braver.preprocess import prepare_dataset
 
     if not data.exists():
         raise BraverError("dataset folder not found", data, "check the --data path")

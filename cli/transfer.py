@@ -140,7 +140,7 @@ def register(app: typer.Typer) -> None:
         setups = plan_setups(brain, freeze, baseline, settings)  # every name checked first
         progress = is_interactive()
         from braver.cli.train import training_cache
-        from braver.data.preprocess import PrepareSettings
+        from braver.preprocess import PrepareSettings
 
         prepare = PrepareSettings.from_dict(
             {k: tuple(v) if isinstance(v, list) else v for k, v in settings.prepare.items()}

@@ -8,7 +8,6 @@ from braver.data.cache import Cache
 from braver.data.formats import discover
 from braver.data.labels import BRATS_2021, LIVER
 from braver.data.phantoms import synth_brain
-from braver.data.preprocess import PrepareSettings, prepare_dataset
 from braver.errors import BraverError
 from braver.inference import (
     SpectralConvolutions,
@@ -22,6 +21,7 @@ from braver.inference import (
 )
 from braver.metrics import metric_names, region_scores, worst_hd95_mm
 from braver.models import create_model, crop_inputs
+from braver.preprocess import PrepareSettings, prepare_dataset
 from braver.runs import RunInfo
 
 # an untrained network whose output biases make it call every computed pixel edema (class 2)

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 import braver.transfer
 from braver.data.phantoms import synth_liver
-from braver.data.preprocess import prepare_dataset
 from braver.errors import BraverError
 from braver.models import create_model
+from braver.preprocess import prepare_dataset
 from braver.recipe import shipped_recipe
 from braver.transfer_study import (
     Setup,

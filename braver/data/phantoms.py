@@ -54,7 +54,7 @@ BRAIN_CHANNEL_FILES = (("t1", "t1"), ("t1c", "t1ce"), ("t2", "t2"), ("flair", "f
 # default_phantom_cache: sized so that a training run on 2 CPU cores stays quick
 DEFAULT_BRAIN = {"cases": 24, "shape": (96, 96, 48), "seed": 2017}
 DEFAULT_LIVER = {"cases": 16, "shape": (96, 96, 40), "seed": 2017}
-# ... and prepared with these settings (braver.data.preprocess.PrepareSettings). The brain
+# ... and prepared with these settings (braver.preprocess.PrepareSettings). The brain
 # phantoms carry a bias field on every channel (shared in part), so N4 corrects all four,
 # not only T1 and T1c as the paper's preprocessing does. Measured with the phantom recipe
 # (`python bench/phantom_quality.py [--prepare no-n4]`): whole-tumour Dice 0.877 with it,
@@ -751,8 +751,8 @@ def default_phantom_cache(kind: str = "brain", progress: bool = True) -> tuple[P
     left by other settings is prepared again.
     Returns ``(dataset_folder, cache_folder)``; open the cache with ``braver.data.cache.Cache``.
     """
-    from braver.data.preprocess import PrepareSettings, default_workers, prepare_dataset
     from braver.paths import cache_root
+    from braver.preprocess import PrepareSettings, default_workers, prepare_dataset
 
     if kind not in ("brain", "liver"):
         raise BraverError(f"unknown phantom kind {kind!r}", None, "choose 'brain' or 'liver'")

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 from braver.cli.main import app
 from braver.data.labels import BRATS_2021
 from braver.data.phantoms import synth_brain
-from braver.data.preprocess import PrepareSettings, prepare_dataset
 from braver.metrics import metric_names, region_scores
 from braver.models import create_model
+from braver.preprocess import PrepareSettings, prepare_dataset
 from braver.runs import RunInfo, save_run_info, save_weights
 
 runner = CliRunner()

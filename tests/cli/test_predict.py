@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from braver.cli.main import app
 from braver.data.labels import BRATS_2021
 from braver.data.phantoms import synth_brain
-from braver.data.preprocess import PrepareSettings
 from braver.models import create_model
+from braver.preprocess import PrepareSettings
 from braver.runs import RunInfo, save_run_info, save_weights
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ from braver.cli.main import app
 from braver.cli.prune import join_pairs
 from braver.data.cache import write_case, write_summary
 from braver.data.labels import BRATS_2021
-from braver.data.preprocess import PrepareSettings
+from braver.preprocess import PrepareSettings
 from braver.runs import RunInfo, save_run_info, save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")

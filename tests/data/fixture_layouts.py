@@ -22,6 +22,14 @@ BOX = (slice(1, 6), slice(2, 7), slice(1, 5))
 # BraTS files are LPS: first axis to the patient's left, second to posterior
 LPS = np.array([[-1.0, 0, 0, 7.0], [0, -1.0, 0, 7.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
 BRAIN_ORDER = ("t1", "t1c", "t2", "flair")
+# the foreground box BOX in the LPS file grid, in canonical (RAS) order: RAS flips X and Y, so
+# the box becomes X 2:7, Y 1:6, and in (Z, Y, X) order:
+CANONICAL_BOX = [[1, 5], [1, 6], [2, 7]]
+
+
+def lps_to_canonical(array: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) in the LPS fixture grid → canonical (Z, Y, X)."""
+    return array[::-1, ::-1, :].transpose(2, 1, 0)
 
 
 def brain_arrays(seed: int = 0, shape=SHAPE, values=(0, 1, 2, 4)):

@@ -17,8 +17,8 @@ from fixture_layouts import (
 
 from braver.data.formats import BRAIN_CHANNELS, brain_channel, discover, discover_inputs
 from braver.data.labels import BRATS_2013, BRATS_2021, BRATS_2023, LIVER, MSD_BRAIN
-from braver.data.preprocess import read_case
 from braver.errors import BraverError
+from braver.preprocess import read_case
 
 
 def assert_brain_channel_order(case):

@@ -20,8 +20,8 @@ from braver.data.phantoms import (
     synth_brain,
     synth_liver,
 )
-from braver.data.preprocess import preprocess_case
 from braver.errors import BraverError
+from braver.preprocess import preprocess_case
 
 SMALL = (48, 48, 32)
 

@@ -98,7 +98,10 @@ class TrainingProgress(Callback):
         self.bar.start()
 
     def before_epoch(self):
-        self._update(epoch=epoch_offset(self.learn) + int(self.learn.epoch) + 1)
+        self._update(
+            stage=current_stage(self.learn),
+            epoch=epoch_offset(self.learn) + int(self.learn.epoch) + 1,
+        )
 
     def before_train(self):
         self._update(phase="train", batch=f"0/{len(self.learn.dls.train)}")

@@ -65,6 +65,10 @@ def last_history_row(learn) -> dict | None:
 
 
 def current_stage(learn) -> str:
+    """The stage being trained: ``learn.stage`` when a stage callback sets it, else History's."""
+    stage = getattr(learn, "stage", None)
+    if stage:
+        return str(stage)
     history = history_callback(learn)
     if history is not None:
         return str(history.stage)
@@ -73,9 +77,11 @@ def current_stage(learn) -> str:
 
 
 def epoch_offset(learn) -> int:
-    """Epochs of this stage done before this fit started (a resumed run)."""
-    history = history_callback(learn)
-    return int(getattr(history, "epoch_offset", 0) or 0) if history is not None else 0
+    """Epochs done before this fit started (earlier stages, or a resumed run's first part)."""
+    offset = getattr(learn, "epoch_offset", None)
+    if offset is None:
+        offset = getattr(history_callback(learn), "epoch_offset", 0)
+    return int(offset or 0)
 
 
 def _number(value: Any) -> float | None:
@@ -98,7 +104,8 @@ def _safe_name(case_id: str) -> str:
 
 def preview_slices(label_zyx: np.ndarray | None, image_czyx: np.ndarray, count: int) -> list[int]:
     """``count`` axial slices spread evenly over the tumour (non-background label), or over
-    the foreground when the case has no tumour; the slice with the most tumour is included."""
+    the foreground when the case has no tumour; the slice with the most tumour replaces the
+    nearest of them."""
     if label_zyx is not None and np.any(label_zyx):
         counts = np.count_nonzero(np.asarray(label_zyx).reshape(len(label_zyx), -1), axis=1)
     else:
@@ -110,10 +117,9 @@ def preview_slices(label_zyx: np.ndarray | None, image_czyx: np.ndarray, count: 
     if present.size == 0:
         return [int(image_czyx.shape[1] // 2)]
     most = int(counts.argmax())
-    if count <= 1:
-        return [most]
-    spread = np.linspace(present[0], present[-1], count - 1).round().astype(int)
-    return sorted({most, *(int(z) for z in spread)})
+    spread = np.linspace(present[0], present[-1], max(count, 1)).round().astype(int)
+    spread[np.abs(spread - most).argmin()] = most
+    return sorted({int(z) for z in spread})
 
 
 def _grey(image_zyx: np.ndarray) -> np.ndarray:
@@ -209,7 +215,7 @@ class PreviewCallback(Callback):
         if not info.cache or not info.validation_cases or not Path(info.cache).exists():
             return []
         cache = Cache.open(info.cache)
-        self.scheme = cache.scheme
+        self.label_scheme = cache.scheme
         channels = list(info.channels or cache.channels)
         from braver.inference import display_channel
 
@@ -293,7 +299,7 @@ class PreviewCallback(Callback):
         row = last_history_row(self.learn) or {}
         classes = [
             {"name": name, "colour": hex_colour(CLASS_COLOURS[i % len(CLASS_COLOURS)])}
-            for i, name in enumerate(self.scheme.class_names)
+            for i, name in enumerate(self.label_scheme.class_names)
         ][1:]  # background is not drawn
         index = {
             "version": self.version,
@@ -415,19 +421,19 @@ class WandbTracker(Callback):
 
     def __init__(self, project: str | None = None):
         self.project = project
-        self.run = None
+        self.wandb_run = None
         self.folder: Path | None = None
-        self.step = 0
+        self.logged_epochs = 0
         self.preview_version = None
 
     def before_fit(self):
-        if is_main_rank(self.learn) and self.run is None:
+        if is_main_rank(self.learn) and self.wandb_run is None:
             self.start(Path(self.learn.path))
 
     def start(self, folder: Path):
         wandb = require_wandb()
         self.folder = Path(folder)
-        self.run = wandb.init(
+        self.wandb_run = wandb.init(
             project=self.project or os.environ.get("WANDB_PROJECT", "braver"),
             name=self.folder.name,
             dir=str(self.folder),
@@ -435,23 +441,23 @@ class WandbTracker(Callback):
             reinit="create_new",  # one W&B run per run folder, also in a transfer study
             settings=wandb.Settings(console="off", silent=True),
         )
-        self.run.define_metric("epoch")
-        self.run.define_metric("*", step_metric="epoch")
-        return self.run
+        self.wandb_run.define_metric("epoch")
+        self.wandb_run.define_metric("*", step_metric="epoch")
+        return self.wandb_run
 
     def after_epoch(self):
-        if self.run is None:
+        if self.wandb_run is None:
             return
         row = last_history_row(self.learn) or {}
         stage = str(row.get("stage", current_stage(self.learn)))
-        data: dict[str, Any] = {"epoch": self.step}
+        data: dict[str, Any] = {"epoch": self.logged_epochs}
         for key, value in row.items():
             number = _number(value)
             if key not in ("stage", "epoch") and number is not None:
                 data[f"{stage}/{'seconds' if key == 'time' else key}"] = number
         data.update(self._previews(stage, row.get("epoch")))
-        self.run.log(data)
-        self.step += 1
+        self.wandb_run.log(data)
+        self.logged_epochs += 1
 
     def _previews(self, stage: str, epoch) -> dict:
         wandb = require_wandb()
@@ -472,11 +478,11 @@ class WandbTracker(Callback):
 
     def finish(self, folder: str | Path | None = None) -> None:
         """Log the run's end products (curves, whole-volume metrics) and close the W&B run."""
-        if self.run is None:
+        if self.wandb_run is None:
             return
         wandb = require_wandb()
         folder = Path(folder) if folder is not None else self.folder
-        final: dict[str, Any] = {"epoch": self.step}
+        final: dict[str, Any] = {"epoch": self.logged_epochs}
         curves = folder / "learning_curves.png"
         if curves.exists():
             final["learning_curves"] = wandb.Image(str(curves))
@@ -496,7 +502,7 @@ class WandbTracker(Callback):
                 if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             final.update({f"final/{k}": v for k, v in means.items()})
-            self.run.summary.update(means)
-        self.run.log(final)
-        self.run.finish()
-        self.run = None
+            self.wandb_run.summary.update(means)
+        self.wandb_run.log(final)
+        self.wandb_run.finish()
+        self.wandb_run = None

@@ -12,30 +12,69 @@ crop by the same amount, and every layer after it sees the size it expects. It m
 the number of maps, so only a layer whose input and output channel counts match can go: with
 the paper's sizes that is ``local.conv2`` (64 → 64 maps) of each TwoPathCNN — not in the second
 network of a LocalCascade, which also takes the first one's class map there (64 + K → 64).
+
+Keeping one path. The two paths of a TwoPathCNN meet in a concatenation that feeds the output
+layer (64 local maps + 160 global maps). ``keep_only(model, "local")`` removes the global path
+and the output layer's weights on its 160 maps; the local path's maps, the output layer's
+weights on them and its biases stay. This is exactly the ablation "global features set to zero
+before the output layer" (zero maps add nothing through those weights), but the removed
+parameters are gone and the removed path is not computed, so "parameters removed" and "seconds
+per volume" are real. ``keep global`` does the same the other way round. In a cascade,
+``local``/``global`` mean the path in both networks, ``first.local`` … the path in one network,
+and ``first``/``second`` a whole network: ``keep second`` runs the second network alone with the
+first one's class map removed (its weights on the class map dropped: the ablation "class map set
+to zero"), and ``keep first`` returns the first network's own class scores for the same pixels.
+In the seed study's words (an InputCascadeCNN), ``second`` is the "local scale" and ``first``
+the "global scale" network. Caveat: in a LocalCascade the first network's class map enters the
+second network's local path, so ``keep global`` also cuts the first network off (it still runs).
+
+The module is a little over 400 lines because the four operations share their naming and
+shape checks; the study that scores them is :mod:`braver.studies.surgery`.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from braver.errors import BraverError
-from braver.models.layers import CentreCrop, Maxout
-from braver.models.naming import expand_name, parameter_count, resolve_layer, weight_layers
+from braver.models.cascade import CascadeCNN, crop_offsets
+from braver.models.layers import CentreCrop, Maxout, OutputConv, spatial_growth
+from braver.models.naming import (
+    expand_name,
+    group_prefixes,
+    parameter_count,
+    resolve_layer,
+    weight_layers,
+)
+from braver.models.twopath import TwoPathCNN
 
 __all__ = [
+    "NETWORKS",
+    "PATHS",
+    "OneNetwork",
+    "RemovedPath",
     "copy_layer",
     "expand_name",
     "identity_candidates",
+    "is_intact",
+    "keep_choices",
+    "keep_only",
     "layer_shape",
+    "layer_table",
     "parameters_removed",
     "replace_with_identity",
     "same_shape_layers",
+    "same_shape_pairs",
     "switch_layers",
 ]
+
+PATHS = ("local", "global")
+NETWORKS = ("first", "second")
 
 
 def _maps(layer: nn.Conv2d) -> tuple[int, int]:
@@ -174,3 +213,233 @@ def parameters_removed(original: nn.Module, variant: nn.Module) -> int:
 def is_intact(model: nn.Module) -> bool:
     """True when no layer of ``model`` was replaced by an identity."""
     return not any(isinstance(m, CentreCrop) for m in model.modules())
+
+
+# ---------------------------------------------------------------------------------------------
+# keep one path / one network (see the module docstring)
+
+
+class RemovedPath(nn.Module):
+    """Stands in for a removed path: no maps at all, of the size the path's maps would have.
+
+    Its (B, 0, h, w) output joins the concatenation before the output layer without adding a
+    channel, so the output layer (re-built on the kept channels) sees only the kept path.
+    """
+
+    def __init__(self, shrink: int, replaces: str = ""):
+        super().__init__()
+        self.shrink = shrink
+        self.replaces = replaces
+
+    def forward(self, x: torch.Tensor, class_map: torch.Tensor | None = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return x.new_zeros((x.shape[0], 0, h - self.shrink, w - self.shrink))
+
+    def extra_repr(self) -> str:
+        return f"shrink={self.shrink}, replaces={self.replaces!r}"
+
+
+def _path_shrink(path: nn.Module) -> int:
+    """How many pixels a path's valid layers take off the side of its input."""
+    if isinstance(path, RemovedPath):
+        return path.shrink
+    total = 0
+    for module in path.modules():
+        total += module.shrink if isinstance(module, CentreCrop) else spatial_growth(module)
+    return total
+
+
+def _sliced_conv(conv: nn.Conv2d, keep: Sequence[int]) -> nn.Conv2d:
+    """A copy of ``conv`` that takes only the input channels ``keep`` (weights carried over)."""
+    index = torch.as_tensor(list(keep), dtype=torch.long)
+    kernel = conv.kernel_size[0]
+    bias = conv.bias is not None
+    if isinstance(conv, Maxout):
+        new = Maxout(len(keep), conv.out_features, kernel, pieces=conv.pieces, bias=bias)
+    elif isinstance(conv, OutputConv):
+        new = OutputConv(len(keep), conv.out_channels, kernel, bias=bias)
+    else:
+        new = nn.Conv2d(len(keep), conv.out_channels, kernel, bias=bias)
+    new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight[:, index.to(conv.weight.device)])
+        if bias:
+            new.bias.copy_(conv.bias)
+    new.train(conv.training)
+    return new
+
+
+def _output_channels(network: TwoPathCNN) -> dict[str, range]:
+    """Which input channels of the output layer come from which part of the concatenation."""
+    total = network.output.in_channels
+    extra = network.num_classes if network.class_map_at == "output" else 0
+    global_path = network.global_path
+    if isinstance(global_path, RemovedPath) or isinstance(network.local, RemovedPath):
+        raise BraverError("a path of this network was already removed", hint="keep one path once")
+    global_maps = global_path.conv1.out_features
+    local_maps = total - global_maps - extra
+    return {
+        "local": range(0, local_maps),
+        "global": range(local_maps, local_maps + global_maps),
+        "class_map": range(local_maps + global_maps, total),
+    }
+
+
+def _remove_path(network: TwoPathCNN, path: str, full_name: str) -> None:
+    """In place: replace ``path`` of ``network`` by a RemovedPath, slice its output layer."""
+    channels = _output_channels(network)
+    kept = [c for part, span in channels.items() if part != path for c in span]
+    network.output = _sliced_conv(network.output, kept)
+    shrink = _path_shrink(network._modules[path])
+    network._modules[path] = RemovedPath(shrink, replaces=full_name)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def keep_only(model: nn.Module, part: str) -> nn.Module:
+    """A copy of ``model`` that keeps only ``part`` (see the module docstring).
+
+    ``part``: ``local`` / ``global`` (that path in every network), ``first.local`` … (that path
+    in one network of a cascade, the other network intact), or ``first`` / ``second`` (one
+    network of a cascade). Anything else is a ``BraverError`` listing what can be kept.
+    """
+    part = part.strip().strip(".")
+    groups = group_prefixes(model)
+    is_cascade = isinstance(model, CascadeCNN)
+    keepable = [g for g in groups if g.split(".")[-1] in PATHS] + (
+        list(NETWORKS) if is_cascade else []
+    )
+    if part not in keepable:
+        what = "a path or a network" if is_cascade else "a path"
+        raise BraverError(
+            f"cannot keep {part!r}: keep takes {what} of this model",
+            hint=f"use one of {', '.join(keepable)}",
+        )
+    if part in NETWORKS:
+        variant = OneNetwork(model, part)
+        other = "second" if part == "first" else "first"
+        removed = [other] + ([f"{part}'s class map input"] if part == "second" else [])
+    else:
+        variant = copy.deepcopy(model)
+        path = part.split(".")[-1]
+        other = "global" if path == "local" else "local"
+        removed = []
+        for prefix in groups[part]:
+            network_prefix = prefix.rpartition(".")[0]
+            network = variant.get_submodule(network_prefix) if network_prefix else variant
+            full = _join(network_prefix, other)
+            _remove_path(network, other, full)
+            removed.append(full)
+    variant.surgery = [
+        *getattr(model, "surgery", []),
+        {"op": "keep", "keep": part, "removed": removed},
+    ]
+    return variant
+
+
+class OneNetwork(nn.Module):
+    """One network of a cascade on its own, with the cascade's inputs and output pixels.
+
+    ``first``: the first network's class scores for the pixels the cascade labels (a centre
+    crop of its larger output map). ``second``: the second network with its weights on the
+    first one's class map dropped (the class map counts as zero).
+    """
+
+    def __init__(self, cascade: CascadeCNN, which: str):
+        super().__init__()
+        if which not in NETWORKS:
+            raise ValueError(f"which must be one of {NETWORKS}")
+        self.which = which
+        self.input_sizes = tuple(cascade.input_sizes)
+        self.in_channels = cascade.in_channels
+        self.num_classes = cascade.num_classes
+        self.options = dict(cascade.options)
+        network = copy.deepcopy(getattr(cascade, which))
+        if which == "second":
+            _drop_class_map(network, cascade.in_channels)
+        self.add_module(which, network)
+        # the first network's output pixel j sits under the cascade's output pixel j − offset
+        self.offset = crop_offsets(self.input_sizes)[0]
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        local, wide = inputs
+        if self.which == "second":
+            return self._modules["second"](local)
+        scores = self._modules["first"](wide)
+        side = self.input_sizes[0] - 1
+        h, w = local.shape[-2] - side, local.shape[-1] - side
+        o = self.offset
+        return scores[..., o : o + h, o : o + w]
+
+
+def _drop_class_map(network: TwoPathCNN, in_channels: int) -> None:
+    """In place: remove the class-map input of a cascade's second network (ablation to zero)."""
+    at = network.class_map_at
+    if at == "input":  # class map appended after the image channels of both paths
+        keep = range(in_channels)
+        network.local.conv1 = _sliced_conv(network.local.conv1, keep)
+        network.global_path.conv1 = _sliced_conv(network.global_path.conv1, keep)
+    elif at == "local":  # appended after the local path's first hidden maps
+        conv2 = network.local.conv2
+        keep = range(conv2.in_channels - network.num_classes)
+        network.local.conv2 = _sliced_conv(conv2, keep)
+    elif at == "output":
+        channels = _output_channels(network)
+        network.output = _sliced_conv(network.output, [*channels["local"], *channels["global"]])
+    network.class_map_at = None
+
+
+# ---------------------------------------------------------------------------------------------
+# listing
+
+
+def layer_table(model: nn.Module) -> list[dict]:
+    """One row per weight layer: group, kind, weight shape, maps, parameters, what surgery can do."""
+    from braver.models.summary import summary_rows
+
+    layers = weight_layers(model)
+    candidates = set(identity_candidates(model))
+    rows = []
+    for row in summary_rows(model):
+        if row.layer not in layers:
+            continue
+        layer = layers[row.layer]
+        identity = (
+            "yes"
+            if row.layer in candidates
+            else f"no ({layer.in_channels} → {_maps(layer)[1]} maps)"
+        )
+        partners = same_shape_layers(model, row.layer)
+        rows.append(
+            {
+                "layer": row.layer,
+                "group": row.group,
+                "kind": row.kind,
+                "weights": "×".join(map(str, layer.weight.shape)),
+                "maps": f"{layer.in_channels} → {_maps(layer)[1]}",
+                "params": row.params,
+                "identity": identity,
+                "switch_or_copy_with": ", ".join(partners) if partners else "—",
+            }
+        )
+    return rows
+
+
+def keep_choices(model: nn.Module) -> list[str]:
+    """What ``keep`` accepts on ``model``."""
+    groups = [g for g in group_prefixes(model) if g.split(".")[-1] in PATHS]
+    return groups + (list(NETWORKS) if isinstance(model, CascadeCNN) else [])
+
+
+def same_shape_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Every pair of layers that ``switch_layers``/``copy_layer`` accept, each once, sorted."""
+    layers = weight_layers(model)
+    return sorted(
+        {
+            tuple(sorted((name, other)))
+            for name in layers
+            for other in same_shape_layers(model, name)
+        }
+    )

@@ -15,7 +15,6 @@ import typer
 from typer.core import TyperCommand
 
 from braver.cli._common import BatchSizeOption, DeviceOption, RunArgument, console, progress_bar
-from braver.errors import BraverError
 
 PAIR_OPTIONS = ("--switch", "--copy")
 
@@ -156,208 +155,62 @@ def register(app: typer.Typer) -> None:
         """Take a trained network apart at test time: one table row per variant against intact."""
         switches = _pairs(switch, "--switch", "A B")
         copies = _pairs(copy, "--copy", "SRC DST")
-
-        from braver.inference import resolve_device
-        from braver.runs import load_model, resolve_run
-
-        run = resolve_run(run, runs, "brain", "braver prune")
-        torch_device = resolve_device(device)
-        model, info = load_model(run, device=str(torch_device))
         if list_layers:
-            _print_layers(model, run)
+            _print_layers(run, runs, device)
             return
-        _check_finite(model, run)
 
-        from braver.prune import (
-            Operation,
-            build_variants,
-            load_prune_recipe,
-            recipe_operations,
-        )
+        from braver.studies.surgery import ACCURACY_MEANING, run_surgery_study
 
-        settings = load_prune_recipe(recipe)
-        operations = [Operation("identity", (n,)) for n in identity or []]
-        operations += [Operation("keep", (n,)) for n in keep or []]
-        operations += [Operation("switch", p) for p in switches]
-        operations += [Operation("copy", p) for p in copies]
-        from_recipe = not operations
-        if from_recipe:
-            operations = recipe_operations(settings, model)
-        variants = build_variants(model, operations)  # every name checked before any work
-        if len(variants) == 1:
-            raise BraverError(
-                "the recipe asks for no variant of this model",
-                settings.source,
-                "pass --identity/--keep/--switch/--copy, or list variants in the recipe",
+        with _progress() as progress:
+            study = run_surgery_study(
+                run,
+                identity=identity or [],
+                keep=keep or [],
+                switch=switches,
+                copy=copies,
+                recipe=recipe,
+                data=data,
+                format=format,
+                cases=cases,
+                device=device,
+                batch_size=batch_size,
+                out=out,
+                runs=runs,
+                progress=progress,
             )
-        source, scheme, study_cases, total = _cases(
-            run, info, data, format, cases or settings.cases
-        )
-        batch = batch_size or settings.batch_size or None
-
-        from braver.prune import ACCURACY_MEANING, run_study, variant_records
-        from braver.runs import new_run_dir
-
-        with _variant_progress(total * len(variants)) as step:
-            result = run_study(
-                variants, study_cases, scheme, device=torch_device, batch_size=batch, step=step
-            )
-        if out is None:
-            out = new_run_dir(run, "prune")
-        out.mkdir(parents=True, exist_ok=True)
-        evaluated = len(next(iter(result.per_case.values())))
-        title = (
-            f"{run.name}: {len(variants) - 1} variant(s) against the intact network, "
-            f"{evaluated} {source['kind']} case(s)"
-            + (f" (default variants: {Path(settings.source).name})" if from_recipe else "")
-        )
-        report = {
-            "run": str(run),
-            "model": info.model.get("name"),
-            **{k: v for k, v in source.items() if k != "cases"},
-            "cases": [r["case"] for r in next(iter(result.per_case.values()))],
-            "device": str(torch_device),
-            "accuracy": ACCURACY_MEANING,
-            "variants": variant_records(variants),
-            "rows": result.rows,
-            "per_case": result.per_case,
-            "recipe": settings.source if from_recipe else None,
-        }
-        console.print(_results_table(result, title))
-        _write_outputs(out, result, report, title)
+        console.print(study.table())
         console.print(f"* {ACCURACY_MEANING}", style="dim")
-        console.print(f"wrote prune.csv, prune.json and prune.png to {out}")
+        console.print(f"wrote prune.csv, prune.json and prune.png to {study.folder}")
 
 
-def _check_finite(model, run: Path) -> None:
-    import torch
-
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise BraverError(
-            "holds weights that are not finite (NaN or infinity): the training diverged",
-            run / "model.safetensors",
-            "train again (e.g. with a lower learning rate) before taking the network apart",
-        )
-
-
-def _cases(run: Path, info, data: Path | None, format: str | None, limit: int):
-    """(source description, label scheme, iterator of StudyCase, number of cases)."""
-    from braver.prune import cached_cases, prepared_cases
-
-    if data is not None:
-        from braver.data.formats import discover
-
-        dataset = discover(data, format)
-        labelled = [c for c in dataset.cases if c.has_label]
-        if not labelled:
-            raise BraverError(
-                "has no labelled case to score",
-                data,
-                "pass a dataset with segmentations (e.g. <case>_seg.nii.gz)",
-            )
-        labelled = labelled[:limit] if limit else labelled
-        source = {"kind": "dataset", "data": str(data), "geometry": "preprocessed grid"}
-        return source, info.scheme, prepared_cases(info, labelled), len(labelled)
-
-    from braver.runs import validation_cache
-
-    cache = validation_cache(run, info, "pass --data DATA to evaluate on a labelled dataset")
-    cache_path = cache.root
-    ids = list(info.validation_cases)
-    ids = ids[:limit] if limit else ids
-    for case_id in ids:
-        cache.case(case_id)  # a missing case is an error before any work
-    source = {"kind": "validation", "cache": str(cache_path), "geometry": "cached grid"}
-    return source, cache.scheme, cached_cases(cache, ids), len(ids)
-
-
-def _variant_progress(total: int):
-    """A rich bar over (case, variant) predictions; yields the ``step`` callback."""
+def _progress():
+    """A rich bar over (case, variant) predictions; yields the study's ``progress`` callback."""
     from contextlib import contextmanager
 
     @contextmanager
     def bar_context():
         bar = progress_bar()
         with bar:
-            task = bar.add_task("variants × cases", total=total)
-            started = [False]
+            task = bar.add_task("variants × cases", total=None)
 
-            def step(case_id: str, variant: str) -> None:
-                if started[0]:
-                    bar.advance(task)
-                started[0] = True
-                bar.update(task, description=f"{case_id}: {variant}")
+            def progress(description: str, done: int, total: int) -> None:
+                bar.update(task, description=description, completed=done, total=total)
 
-            yield step
-            bar.update(task, completed=total)
+            yield progress
 
     return bar_context()
 
 
-def _results_table(result, title: str):
-    """The terminal table: each score with its change against intact below it."""
-    from rich import box
+def _print_layers(run: Path | None, runs: Path, device: str) -> None:
     from rich.table import Table
 
-    from braver.prune import ACCURACY
-    from braver.report import format_value
-
-    table = Table(
-        title=title,
-        title_justify="left",
-        header_style="bold",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        show_lines=True,
-    )
-    table.add_column("variant", min_width=16, overflow="fold")
-    table.add_column("params removed", justify="right", max_width=9)
-    table.add_column("accuracy*", justify="right", max_width=9)
-    scores = [ACCURACY, *result.dice_columns]
-    for region in result.regions:
-        table.add_column(f"{region.replace('_', ' ')} Dice", justify="right", max_width=9)
-    table.add_column("s / volume", justify="right", max_width=6)
-    for row in result.rows:
-        cells = [row["variant"], f"{row['parameters_removed']:,}"]
-        for key in scores:
-            delta = row[f"delta_{key}"]
-            text = format_value(row[key])
-            if delta is not None:
-                colour = "red" if delta < -5e-5 else "green" if delta > 5e-5 else "dim"
-                text += f"\n[{colour}]{delta:+.4f}[/]"
-            cells.append(text)
-        cells.append(f"{row['seconds_per_volume']:.2f}")
-        table.add_row(*cells)
-    if result.notes:
-        table.caption = "\n".join(result.notes)
-        table.caption_justify = "left"
-    return table
-
-
-def _write_outputs(out: Path, result, report: dict, title: str) -> None:
-    """prune.csv (one row per variant), prune.json (everything), prune.png (bar chart)."""
-    from braver.atomic import write_json, write_text
-    from braver.report import csv_text, plot_bars
-
-    write_text(out / "prune.csv", csv_text(result.rows))
-    write_json(out / "prune.json", report)
-    plot_bars(
-        result.rows,
-        ["foreground_accuracy", *result.dice_columns],
-        out / "prune.png",
-        label_key="variant",
-        title=title,
-    )
-
-
-def _print_layers(model, run: Path) -> None:
-    from rich.table import Table
-
+    from braver.inference import resolve_device
     from braver.models.naming import group_names
-    from braver.prune import keep_choices, layer_table
+    from braver.runs import load_model, resolve_run
+    from braver.surgery import identity_candidates, keep_choices, layer_table, same_shape_pairs
 
-    rows = layer_table(model)
+    run = resolve_run(run, runs, "brain", "braver prune")
+    model, _ = load_model(run, device=str(resolve_device(device)))
     table = Table(
         title=f"{run.name}: {model.config['name']} weight layers",
         title_justify="left",
@@ -368,7 +221,7 @@ def _print_layers(model, run: Path) -> None:
     table.add_column("params", justify="right", no_wrap=True)
     table.add_column("identity")
     table.add_column("same shape (switch, copy)")
-    for row in rows:
+    for row in layer_table(model):
         table.add_row(
             row["layer"],
             row["weights"],
@@ -377,19 +230,15 @@ def _print_layers(model, run: Path) -> None:
             row["switch_or_copy_with"],
         )
     console.print(table)
-    candidates = [r["layer"] for r in rows if r["identity"] == "yes"]
-    pairs = {
-        tuple(sorted((r["layer"], other.strip())))
-        for r in rows
-        if r["switch_or_copy_with"] != "—"
-        for other in r["switch_or_copy_with"].split(",")
-    }
+    pairs = same_shape_pairs(model)
     console.print(f"groups: {', '.join(group_names(model))}")
-    console.print(f"--identity NAME: {', '.join(candidates) or 'no layer of this model'}")
+    console.print(
+        f"--identity NAME: {', '.join(identity_candidates(model)) or 'no layer of this model'}"
+    )
     console.print(f"--keep PART: {', '.join(keep_choices(model))}")
     console.print(
         "--switch A B / --copy SRC DST: "
-        + ("; ".join(f"{a} {b}" for a, b in sorted(pairs)) or "no two layers of the same shape")
+        + ("; ".join(f"{a} {b}" for a, b in pairs) or "no two layers of the same shape")
     )
     console.print(
         "Names may be shortened to a unique dotted suffix (conv2, local.conv2); in a cascade "

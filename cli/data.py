@@ -30,6 +30,11 @@ class PhantomKind(str, Enum):
     liver = "liver"
 
 
+class PhantomDifficulty(str, Enum):  # braver.data.phantoms.DIFFICULTIES
+    easy = "easy"
+    realistic = "realistic"
+
+
 FormatOption = Annotated[
     DatasetFormat | None,
     typer.Option(
@@ -74,6 +79,16 @@ def synth(
         bool,
         typer.Option("--with-skull", help="Brain: keep skull and scalp (BraTS strips them)."),
     ] = False,
+    difficulty: Annotated[
+        PhantomDifficulty,
+        typer.Option(
+            "--difficulty",
+            help="easy: bright lesions apart from everything else (the demo's); realistic: "
+            "unlabelled look-alikes, low contrast, small and multiple lesions, thick slices, "
+            "scanner variation.",
+            case_sensitive=False,
+        ),
+    ] = PhantomDifficulty.easy,
 ) -> None:
     """Write a synthetic dataset: brain MRI phantoms or liver CT phantoms."""
     from braver.data import phantoms
@@ -88,6 +103,7 @@ def synth(
             overwrite=overwrite,
             progress=is_interactive(),
             skull_stripped=not with_skull,
+            difficulty=difficulty.value,
         )
     else:
         path = phantoms.synth_liver(
@@ -97,8 +113,11 @@ def synth(
             size or phantoms.LIVER_SHAPE,
             overwrite=overwrite,
             progress=is_interactive(),
+            difficulty=difficulty.value,
         )
-    console.print(f"wrote {cases} {kind.value} phantom case(s) to [bold]{path}[/]")
+    console.print(
+        f"wrote {cases} {difficulty.value} {kind.value} phantom case(s) to [bold]{path}[/]"
+    )
 
 
 @app.command()

@@ -26,8 +26,22 @@ hypo- or hyperdense tumours (some rim-enhancing), spleen (liver-like density: a
 distractor), kidneys, aorta and vena cava, stomach with gas, bowel gas, vertebra with spinal
 canal, lung bases, ribs and the scanner table; correlated noise. Labels 0/1 (liver)/2 (tumour).
 
+Two difficulties (``difficulty=``, ``braver data synth --difficulty``): ``easy`` is the
+above, bright lesions well apart from everything else, what the demo trains on; ``realistic``
+makes them as hard as scans are. Brain: edema closer to grey matter on T2/FLAIR and a weaker
+enhancing rim, textured lesions, one to three of them from a few mm across, many unlabelled
+look-alikes (white-matter hyperintensities, deep and periventricular, bright on FLAIR/T2 like
+edema; enhancing vessels, choroid plexus and dura along the surface and the falx on T1c),
+thick-slice partial volume (channels acquired with 2.5-5 mm slices, resampled to 1 mm),
+scanner variation (contrast, a gamma per channel, a stronger bias field, more noise). Liver:
+two to seven small tumours of low contrast (15-45 HU), fluid cysts and hypo- or hyperdense
+hepatic vessels inside the liver (labelled liver), bowel loops of liver density against it,
+thick-slice partial volume, HU calibration offset and more noise.
+``brain_phantom_tissues``/``liver_phantom_tissues`` also return the tissue map
+(``BRAIN_TISSUES``/``LIVER_TISSUES``), so that look-alikes can be found.
+
 Everything is deterministic for a seed: case ``i`` of seed ``s`` is the same whatever the
-number of cases.
+number of cases; an easy case does not change when the realistic one is added.
 """
 
 from __future__ import annotations
@@ -50,6 +64,7 @@ BRAIN_SHAPE = (128, 128, 64)  # (X, Y, Z) voxels of 1 mm
 LIVER_SHAPE = (128, 128, 48)  # (X, Y, Z) voxels over a 360 x 360 x 160 mm field of view
 LIVER_FOV_MM = (360.0, 360.0, 160.0)
 BRAIN_CHANNEL_FILES = (("t1", "t1"), ("t1c", "t1ce"), ("t2", "t2"), ("flair", "flair"))
+DIFFICULTIES = ("easy", "realistic")
 
 # default_phantom_cache: sized so that a training run on 2 CPU cores stays quick
 DEFAULT_BRAIN = {"cases": 24, "shape": (96, 96, 48), "seed": 2017}
@@ -80,8 +95,35 @@ PREPARE_LIVER: dict = {}
     _BONE,
     _MARROW,
     _SCALP,
-) = range(14)
-_BRAIN_LABEL = np.array([0, 0, 0, 0, 0, 2, 4, 1, 1, 0, 0, 0, 0, 0], dtype=np.uint8)
+    _DURA,
+) = range(15)
+LIVER_TISSUES = {
+    "other": 0,
+    "liver": 1,
+    "tumour": 2,
+    "cyst": 3,  # fluid, inside the liver, labelled liver: a look-alike (realistic only)
+    "hepatic_vessel": 4,
+    "spleen": 5,  # liver density, labelled background: a look-alike
+    "bowel": 6,  # liver density against the liver (realistic only): a look-alike
+}
+BRAIN_TISSUES = {
+    "outside": _OUT,
+    "csf": _CSF,
+    "grey_matter": _GM,
+    "white_matter": _WM,
+    "deep_grey": _DEEP,
+    "edema": _EDEMA,
+    "enhancing": _ENH,
+    "necrosis": _NEC,
+    "non_enhancing": _NET,
+    "vessel": _VESSEL,  # enhancing vessel / choroid plexus: a T1c look-alike
+    "white_matter_lesion": _LESION,  # FLAIR/T2 hyperintensity: an edema look-alike
+    "bone": _BONE,
+    "marrow": _MARROW,
+    "scalp": _SCALP,
+    "dura": _DURA,  # enhancing dura and falx (realistic only): a T1c look-alike
+}
+_BRAIN_LABEL = np.array([0, 0, 0, 0, 0, 2, 4, 1, 1, 0, 0, 0, 0, 0, 0], dtype=np.uint8)
 # Relative intensities per tissue: T1, T1c, T2, FLAIR (each later scaled by a scanner gain).
 _BRAIN_CONTRAST = np.array(
     [
@@ -102,6 +144,14 @@ _BRAIN_CONTRAST = np.array(
     ],
     dtype=np.float32,
 )
+# Realistic difficulty: lesions closer to normal tissue, look-alikes closer to lesions.
+_REALISTIC_CONTRAST = np.concatenate(
+    [_BRAIN_CONTRAST, [[0.55, 1.45, 0.55, 0.60]]]  # dura / falx: enhancing on T1c
+).astype(np.float32)
+_REALISTIC_CONTRAST[_EDEMA] = [0.60, 0.62, 0.84, 0.84]  # FLAIR/T2: GM 0.62, WM 0.42/0.50
+_REALISTIC_CONTRAST[_ENH] = [0.66, 1.30, 0.70, 0.74]  # a weaker rim (WM 0.87 on T1c)
+_REALISTIC_CONTRAST[_NET] = [0.54, 0.57, 0.74, 0.76]  # non-enhancing core: as edema
+_REALISTIC_CONTRAST[_LESION] = [0.74, 0.76, 0.80, 0.88]  # WM hyperintensity: edema-like
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,13 +277,42 @@ def _check_shape(shape: Sequence[int], minimum: int = 16) -> tuple[int, int, int
     return shape  # type: ignore[return-value]
 
 
+def _check_difficulty(difficulty: str) -> bool:
+    """True for ``realistic``; an unknown difficulty is an error naming the valid ones."""
+    if difficulty not in DIFFICULTIES:
+        raise BraverError(
+            f"unknown phantom difficulty {difficulty!r}",
+            None,
+            f"choose one of {', '.join(DIFFICULTIES)}",
+        )
+    return difficulty == "realistic"
+
+
 def brain_phantom(
     shape: Sequence[int] = BRAIN_SHAPE,
     rng: np.random.Generator | int = 0,
     *,
     skull_stripped: bool = True,
+    difficulty: str = "easy",
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """One synthetic brain: ({channel: int16 (X, Y, Z)}, uint8 label values, 4x4 affine).
+
+    ``difficulty``: ``easy`` or ``realistic`` (see the module docstring).
+    """
+    channels, label, affine, _ = brain_phantom_tissues(
+        shape, rng, skull_stripped=skull_stripped, difficulty=difficulty
+    )
+    return channels, label, affine
+
+
+def brain_phantom_tissues(
+    shape: Sequence[int] = BRAIN_SHAPE,
+    rng: np.random.Generator | int = 0,
+    *,
+    skull_stripped: bool = True,
+    difficulty: str = "easy",
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """``brain_phantom`` and its tissue map (uint8 codes of ``BRAIN_TISSUES``, same order).
 
     Arrays are in file voxel order (LPS: the first axis runs to the patient's left, the second
     to posterior), as BraTS files are; labels take the values 0, 1, 2, 4. The head around the
@@ -245,6 +324,7 @@ def brain_phantom(
     """
     rng = np.random.default_rng(rng)
     shape = _check_shape(shape)
+    realistic = _check_difficulty(difficulty)
     nx, ny, nz = shape
     f32 = np.float32
     # RAS grid in mm, centred: +x right, +y anterior, +z superior
@@ -275,6 +355,7 @@ def brain_phantom(
 
     # deep grey nuclei and the lateral ventricles (banana shaped), both hemispheres
     vent_size = rng.uniform(0.75, 1.4)
+    ventricle_q = np.full(shape, np.inf, dtype=f32)  # < 1 inside a ventricle
     for side in (-1, 1):
         deep_center = np.array([side * 0.27 * ax, -0.04 * ay, zc + 0.14 * az], dtype=f32)
         deep = _blob_distance(
@@ -290,7 +371,9 @@ def brain_phantom(
         vx = (x - side * (0.085 * ax + bend)) / f32(0.055 * ax * vent_size)
         vy = (y - 0.02 * ay) / f32(0.40 * ay)
         vz = (z - (zc + 0.22 * az)) / f32(0.10 * az * vent_size)
-        tissue[(vx**2 + vy**2 + vz**2) < 1] = _CSF
+        q = vx**2 + vy**2 + vz**2
+        tissue[q < 1] = _CSF
+        np.minimum(ventricle_q, q, out=ventricle_q)
     # interhemispheric fissure
     # interhemispheric fissure, interrupted by the corpus callosum around the ventricles
     callosum = (np.abs(y) < 0.38 * ay) & (z < zc + 0.42 * az)
@@ -300,9 +383,13 @@ def brain_phantom(
     # distractors: enhancing vessels / choroid plexus (T1c only), small FLAIR lesions
     coords = (x, y, z)
     inside = np.argwhere(brain[::2, ::2, ::2]) * 2
-    n_vessels = int(rng.integers(4, 10))
-    n_lesions = int(rng.integers(0, 4))
-    for code, count, radius in ((_VESSEL, n_vessels, (0.8, 1.8)), (_LESION, n_lesions, (1.2, 3.0))):
+    n_vessels = int(rng.integers(8, 18) if realistic else rng.integers(4, 10))
+    n_lesions = int(rng.integers(4, 14) if realistic else rng.integers(0, 4))
+    lesion_radius = (1.2, 4.5) if realistic else (1.2, 3.0)
+    for code, count, radius in (
+        (_VESSEL, n_vessels, (0.8, 1.8)),
+        (_LESION, n_lesions, lesion_radius),
+    ):
         for _ in range(count):
             vox = inside[rng.integers(len(inside))]
             center = np.array([x.ravel()[vox[0]], y.ravel()[vox[1]], z.ravel()[vox[2]]], dtype=f32)
@@ -316,16 +403,33 @@ def brain_phantom(
             region = tissue[box]
             region[(d < 1) & brain[box] & (region != _CSF if code == _LESION else True)] = code
 
-    # tumours: one, sometimes two
-    n_tumours = 1 if rng.random() < 0.85 else 2
+    if realistic:
+        _add_realistic_lookalikes(
+            tissue, coords, brain, depth, fissure, ventricle_q, ax, ay, az, zc, rng
+        )
+
+    # tumours: one, sometimes two (realistic: up to three, from a few mm across)
+    if realistic:
+        n_tumours = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15]))
+        radius_range = (0.06, 0.42)
+    else:
+        n_tumours = 1 if rng.random() < 0.85 else 2
+        radius_range = (0.15, 0.45)
     tumour_any = np.zeros(shape, dtype=bool)
     for _ in range(n_tumours):
-        _add_tumour(tissue, tumour_any, coords, r, brain, ax, ay, az, zc, rng, shape)
+        _add_tumour(tissue, tumour_any, coords, r, brain, ax, ay, az, zc, rng, shape, radius_range)
 
     # intensities
-    contrast = _BRAIN_CONTRAST * rng.uniform(0.93, 1.07, size=_BRAIN_CONTRAST.shape).astype(f32)
+    if realistic:  # scanner variation: contrasts, noise
+        table = _REALISTIC_CONTRAST
+        contrast = table * rng.uniform(0.88, 1.12, size=table.shape).astype(f32)
+    else:
+        jitter = rng.uniform(0.93, 1.07, size=_BRAIN_CONTRAST.shape).astype(f32)
+        contrast = _BRAIN_CONTRAST * jitter
     gains = rng.uniform(400, 1500, size=4)
-    noise_level = rng.uniform(0.018, 0.04)
+    noise_level = rng.uniform(0.03, 0.06) if realistic else rng.uniform(0.018, 0.04)
+    bias_amplitude = f32(0.22 if realistic else 0.12)
+    lesion_texture = f32(0.16 if realistic else 0.07)
     bias_shared = smooth_field(shape, rng, (3, 3, 3))
     heterogeneity = smooth_field(shape, rng, (max(4, nx // 8), max(4, ny // 8), max(3, nz // 8)))
     # the head around the brain (no random draws: the brain is the same with or without it)
@@ -345,9 +449,12 @@ def brain_phantom(
     for index, (channel, _file_key) in enumerate(BRAIN_CHANNEL_FILES):
         image = contrast[:, index][tissue]
         texture = smooth_field(shape, rng, (max(5, nx // 6), max(5, ny // 6), max(4, nz // 6)))
-        image *= 1 + f32(0.035) * texture + f32(0.07) * heterogeneity * tumour_any
+        image *= 1 + f32(0.035) * texture + lesion_texture * heterogeneity * tumour_any
         image = _blur(image)  # partial-volume effect at tissue boundaries
-        bias = np.exp(f32(0.12) * (bias_shared + f32(0.5) * smooth_field(shape, rng, (3, 3, 2))))
+        if realistic:
+            image = _scanner_channel(image, channel, rng)
+        field = bias_shared + f32(0.5) * smooth_field(shape, rng, (3, 3, 2))
+        bias = np.exp(bias_amplitude * field)
         image *= bias
         sigma = f32(noise_level * contrast[_WM, index])
         real = image + sigma * rng.standard_normal(shape, dtype=f32)
@@ -363,11 +470,75 @@ def brain_phantom(
     # store as BraTS does: LPS (flip x and y of the RAS grid)
     channels = {k: np.ascontiguousarray(v[::-1, ::-1, :]) for k, v in channels.items()}
     label = np.ascontiguousarray(label[::-1, ::-1, :])
-    return channels, label, _lps_affine(shape, (1.0, 1.0, 1.0))
+    tissue = np.ascontiguousarray(tissue[::-1, ::-1, :])
+    return channels, label, _lps_affine(shape, (1.0, 1.0, 1.0)), tissue
 
 
-def _add_tumour(tissue, tumour_any, coords, r, brain, ax, ay, az, zc, rng, shape) -> None:
-    """Paint one glioma (edema, core with enhancing rim, necrotic/non-enhancing centre)."""
+# Realistic difficulty: how often a channel was acquired in thick slices, and how thick (mm):
+# T2 and FLAIR are often 2-D sequences with 3-5 mm slices, T1 and T1c more often 3-D.
+_THICK_SLICES = {
+    "t1": (0.3, (2, 3)),
+    "t1c": (0.3, (2, 3)),
+    "t2": (0.7, (3, 5)),
+    "flair": (0.8, (3, 5)),
+}
+
+
+def _scanner_channel(image: np.ndarray, channel: str, rng: np.random.Generator) -> np.ndarray:
+    """Realistic difficulty, one channel: thick-slice partial volume and a scanner's gamma.
+
+    A channel acquired with thick slices and resampled to 1 mm: each output slice averages
+    over the slice thickness, then over the interpolation between slice centres (two box
+    filters along z).
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    chance, (thinnest, thickest) = _THICK_SLICES[channel]
+    if rng.random() < chance:
+        thickness = int(rng.integers(thinnest, thickest + 1))  # voxels of 1 mm
+        image = uniform_filter1d(image, thickness, axis=2, mode="nearest")
+        image = uniform_filter1d(image, thickness, axis=2, mode="nearest")
+    gamma = np.float32(rng.uniform(0.8, 1.25))
+    return np.power(np.maximum(image, 0, out=image), gamma, dtype=np.float32)
+
+
+def _add_realistic_lookalikes(
+    tissue, coords, brain, depth, fissure, ventricle_q, ax, ay, az, zc, rng
+) -> None:
+    """Unlabelled look-alikes of the realistic difficulty, painted into ``tissue``.
+
+    Periventricular white-matter hyperintensities (caps and bands along the ventricles, bright
+    on FLAIR/T2 like edema), choroid plexus in the ventricles and enhancing dura along the
+    brain's surface and the falx (bright on T1c like an enhancing rim).
+    """
+    f32 = np.float32
+    shape = tissue.shape
+    x, y, z = coords
+    cells = (max(4, shape[0] // 10), max(4, shape[1] // 10), max(3, shape[2] // 10))
+    patches = smooth_field(shape, rng, cells)
+    reach = f32(rng.uniform(1.5, 2.2))  # in units of the ventricle's own size
+    caps = (ventricle_q >= 1) & (ventricle_q < reach**2) & (tissue == _WM)
+    tissue[caps & (patches > f32(rng.uniform(-0.3, 0.4)))] = _LESION
+    # choroid plexus: small enhancing tufts inside each ventricle's posterior half
+    for side in (-1, 1):
+        bend = 0.10 * ax * (0.25**2)
+        center = np.array([side * (0.085 * ax + bend), -0.25 * ay, zc + 0.22 * az], dtype=f32)
+        axes = np.array([2.5, 5.0, 2.0], f32) * f32(rng.uniform(0.7, 1.3))
+        plexus = _blob_distance(coords, center, axes, np.eye(3, dtype=f32), 0.2, rng, 3) < 1
+        tissue[plexus & (ventricle_q < 1.2)] = _VESSEL
+    # dura: patches of the outer 1.8 mm (CSF in the easy phantom) and of the falx
+    surface = brain & (depth < 1.8)
+    tissue[surface & (patches < f32(rng.uniform(-0.6, 0.2)))] = _DURA
+    tissue[fissure & (np.abs(patches) < f32(rng.uniform(0.4, 0.9)))] = _DURA
+
+
+def _add_tumour(
+    tissue, tumour_any, coords, r, brain, ax, ay, az, zc, rng, shape, radius_range=(0.15, 0.45)
+) -> None:
+    """Paint one glioma (edema, core with enhancing rim, necrotic/non-enhancing centre).
+
+    Its edema's radius is ``radius_range`` (fractions of the brain's smaller half-axis).
+    """
     f32 = np.float32
     x, y, z = coords
     scale = float(min(ax, ay))
@@ -386,7 +557,7 @@ def _add_tumour(tissue, tumour_any, coords, r, brain, ax, ay, az, zc, rng, shape
         slab = -(shape[2] - 1) / 2 + 4 <= center[2] <= (shape[2] - 1) / 2 - 4
         if rel < 0.75 and slab:
             break
-    edema_radius = scale * rng.uniform(0.15, 0.45)
+    edema_radius = scale * rng.uniform(*radius_range)
     edema_axes = (edema_radius * rng.uniform(0.7, 1.3, size=3)).astype(f32)
     core_axes = (edema_axes * rng.uniform(0.45, 0.75)).astype(f32) * rng.uniform(
         0.8, 1.2, size=3
@@ -443,15 +614,31 @@ def _add_tumour(tissue, tumour_any, coords, r, brain, ax, ay, az, zc, rng, shape
 
 
 def liver_phantom(
-    shape: Sequence[int] = LIVER_SHAPE, rng: np.random.Generator | int = 0
+    shape: Sequence[int] = LIVER_SHAPE,
+    rng: np.random.Generator | int = 0,
+    *,
+    difficulty: str = "easy",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic abdominal CT: (int16 HU (X, Y, Z), uint8 labels 0/1/2, 4x4 affine).
 
     The field of view is ``LIVER_FOV_MM`` whatever the shape (the spacing follows); arrays
-    are in LPS file order like the brain phantom.
+    are in LPS file order like the brain phantom. ``difficulty``: ``easy`` or ``realistic``
+    (see the module docstring).
     """
+    values, label, affine, _ = liver_phantom_tissues(shape, rng, difficulty=difficulty)
+    return values, label, affine
+
+
+def liver_phantom_tissues(
+    shape: Sequence[int] = LIVER_SHAPE,
+    rng: np.random.Generator | int = 0,
+    *,
+    difficulty: str = "easy",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``liver_phantom`` and its tissue map (uint8 codes of ``LIVER_TISSUES``, same order)."""
     rng = np.random.default_rng(rng)
     shape = _check_shape(shape)
+    realistic = _check_difficulty(difficulty)
     nx, ny, nz = shape
     f32 = np.float32
     spacing = [fov / n for fov, n in zip(LIVER_FOV_MM, shape, strict=True)]
@@ -462,6 +649,7 @@ def liver_phantom(
     eye = np.eye(3, dtype=f32)
     hu = np.full(shape, -1000.0, dtype=f32)
     label = np.zeros(shape, dtype=np.uint8)
+    tissue = np.zeros(shape, dtype=np.uint8)
 
     def blob(center, axes, roughness=0.1, rotation=None, cells=4):
         return (
@@ -525,10 +713,11 @@ def liver_phantom(
     stomach = blob([-45, y0 + 35, top * 0.35], [40, 28, 45], 0.15, _rotation(rng))
     hu[stomach] = 15.0
     hu[stomach & (y > y0 + 45)] = -1000.0
-    liver_hu = rng.uniform(55, 110)
-    hu[blob([-85, y0 - 35, top * 0.45], [28, 45, 55], 0.15, _rotation(rng))] = (
-        liver_hu + rng.uniform(-15, 15)
-    )
+    liver_hu = rng.uniform(40, 130) if realistic else rng.uniform(55, 110)
+    spleen_hu = liver_hu + rng.uniform(-15, 15)  # drawn before the spleen's shape
+    spleen = blob([-85, y0 - 35, top * 0.45], [28, 45, 55], 0.15, _rotation(rng))
+    hu[spleen] = spleen_hu
+    tissue[spleen] = LIVER_TISSUES["spleen"]
     # bowel gas bubbles, lower abdomen
     for _ in range(int(rng.integers(3, 8))):
         center = [rng.uniform(-80, 60), y0 + rng.uniform(-20, 60), rng.uniform(-top, 0)]
@@ -552,17 +741,32 @@ def liver_phantom(
     liver = (right_lobe | left_lobe) & interior & (hu > -500) & (hu < 200)
     hu[liver] = liver_hu
     label[liver] = 1
-    # hepatic vessels: thin brighter tubes inside the liver
-    vessels = (np.abs(smooth_field(shape, rng, (6, 6, 4))) < 0.06) & liver
-    hu[vessels] = liver_hu + rng.uniform(20, 50)
+    tissue[liver] = LIVER_TISSUES["liver"]
+    # hepatic vessels: thin brighter tubes inside the liver (realistic: thicker, and darker
+    # than the liver in some phases, like a hypodense lesion)
+    width = 0.10 if realistic else 0.06
+    vessels = (np.abs(smooth_field(shape, rng, (6, 6, 4))) < width) & liver
+    if realistic and rng.random() < 0.4:
+        hu[vessels] = liver_hu - rng.uniform(10, 30)
+    else:
+        hu[vessels] = liver_hu + rng.uniform(20, 50)
+    tissue[vessels] = LIVER_TISSUES["hepatic_vessel"]
+    if realistic:
+        _add_liver_lookalikes(hu, tissue, coords, liver, interior, liver_hu, spacing, rng)
 
     # tumours inside the liver
     liver_voxels = np.argwhere(liver[::2, ::2, ::2]) * 2
-    n_tumours = int(rng.integers(1, 5)) if len(liver_voxels) else 0
+    if not len(liver_voxels):
+        n_tumours = 0
+    else:  # realistic: several, most of them small
+        n_tumours = int(rng.integers(2, 8) if realistic else rng.integers(1, 5))
     for _ in range(n_tumours):
         vox = liver_voxels[rng.integers(len(liver_voxels))]
         center = np.array([x.ravel()[vox[0]], y.ravel()[vox[1]], z.ravel()[vox[2]]], dtype=f32)
-        radius = rng.uniform(8, 30)
+        if realistic:
+            radius = rng.uniform(5, 11) if rng.random() < 0.7 else rng.uniform(11, 25)
+        else:
+            radius = rng.uniform(8, 30)
         axes = (radius * rng.uniform(0.75, 1.25, size=3)).astype(f32)
         half_vox = (axes.max() * 1.4 + 3) / np.asarray(spacing)
         box = _box(vox, half_vox, shape)
@@ -570,7 +774,10 @@ def liver_phantom(
         d = _blob_distance(sub, center, axes, _rotation(rng), rng.uniform(0.1, 0.3), rng, cells=4)
         tumour = (d < 1) & liver[box]
         sub_hu = hu[box]
-        if rng.random() < 0.15:
+        hyperdense = rng.random() < 0.15
+        if realistic:  # low contrast: 15-45 HU from the liver
+            value = liver_hu + (1 if hyperdense else -1) * rng.uniform(15, 45)
+        elif hyperdense:
             value = liver_hu + rng.uniform(20, 45)  # hyperdense (arterial phase) lesion
         else:
             value = liver_hu - rng.uniform(25, 65)  # hypodense lesion
@@ -579,6 +786,7 @@ def liver_phantom(
         if radius > 12 and rng.random() < 0.35:  # rim enhancement of larger lesions
             sub_hu[tumour & (d > 0.85)] = liver_hu + rng.uniform(5, 30)
         label[box][tumour] = 2
+        tissue[box][tumour] = LIVER_TISSUES["tumour"]
 
     # scanner table below the body (a separate component), then correlated noise
     table_y = y0 - by - f32(25)
@@ -586,12 +794,59 @@ def liver_phantom(
     hu[table] = 150.0
     hu[table & np.broadcast_to(np.abs(y - table_y) < 3, shape)] = -300.0
     noise = _blur(rng.standard_normal(shape, dtype=f32), 0.25)  # CT noise is correlated
-    noise *= f32(rng.uniform(8, 18) / 0.23)  # 0.23: std of white noise after this blur
-    hu = _blur(hu) + noise
+    noise_hu = rng.uniform(10, 25) if realistic else rng.uniform(8, 18)
+    noise *= f32(noise_hu / 0.23)  # 0.23: std of white noise after this blur
+    hu = _blur(hu)
+    if realistic:  # thick slices (partial volume along z) and the scanner's HU calibration
+        from scipy.ndimage import uniform_filter1d
+
+        if rng.random() < 0.6:
+            hu = uniform_filter1d(hu, 2, axis=2, mode="nearest")
+        hu += f32(rng.uniform(-20, 20))
+    hu += noise
     values = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     values = np.ascontiguousarray(values[::-1, ::-1, :])
     label = np.ascontiguousarray(label[::-1, ::-1, :])
-    return values, label, _lps_affine(shape, spacing)
+    tissue = np.ascontiguousarray(tissue[::-1, ::-1, :])
+    return values, label, _lps_affine(shape, spacing), tissue
+
+
+def _add_liver_lookalikes(hu, tissue, coords, liver, interior, liver_hu, spacing, rng) -> None:
+    """Unlabelled look-alikes of the realistic difficulty: fluid cysts inside the liver
+    (labelled liver, as LiTS does) and bowel loops of liver density against its lower edge."""
+    f32 = np.float32
+    x, y, z = coords
+    shape = hu.shape
+    liver_voxels = np.argwhere(liver)
+    if not len(liver_voxels):
+        return
+
+    def paint(center_vox, axes, roughness, where, value, code):
+        center = np.array(
+            [x.ravel()[center_vox[0]], y.ravel()[center_vox[1]], z.ravel()[center_vox[2]]], f32
+        )
+        box = _box(center_vox, (axes.max() * 1.3 + 2) / np.asarray(spacing), shape)
+        sub = (x[box[0], :, :], y[:, box[1], :], z[:, :, box[2]])
+        inside = (_blob_distance(sub, center, axes, _rotation(rng), roughness, rng, 3) < 1) & where[
+            box
+        ]
+        hu[box][inside] = value
+        tissue[box][inside] = code
+
+    for _ in range(int(rng.integers(1, 4))):  # simple cysts: water density, sharp edges
+        vox = liver_voxels[rng.integers(len(liver_voxels))]
+        axes = np.full(3, rng.uniform(4, 11), f32)
+        paint(vox, axes, 0.05, liver, rng.uniform(0, 20), LIVER_TISSUES["cyst"])
+    # bowel loops (duodenum, colon) of liver density, medial to and below the liver
+    low = liver_voxels[liver_voxels[:, 2] <= np.percentile(liver_voxels[:, 2], 40)]
+    outside = interior & ~liver & (hu > -200) & (hu < 250)
+    for _ in range(int(rng.integers(2, 5))):
+        vox = low[rng.integers(len(low))].astype(float)
+        vox += np.array([-rng.uniform(4, 10), rng.uniform(-4, 4), -rng.uniform(0, 3)])
+        vox = np.clip(np.rint(vox), 0, np.array(shape) - 1).astype(int)
+        axes = rng.uniform(10, 20, size=3).astype(f32)
+        value = liver_hu + rng.uniform(-15, 10)
+        paint(vox, axes, 0.2, outside, value, LIVER_TISSUES["bowel"])
 
 
 def _rotation_small(rng: np.random.Generator, degrees: float = 20.0) -> np.ndarray:
@@ -646,14 +901,17 @@ def synth_brain(
     overwrite: bool = False,
     progress: bool = False,
     skull_stripped: bool = True,
+    difficulty: str = "easy",
 ) -> Path:
     """Write ``cases`` phantom brains in the BraTS 2021 layout to ``out`` (all or nothing).
 
     ``out/PhantomBrain_00000/PhantomBrain_00000_{t1,t1ce,t2,flair,seg}.nii.gz`` and a
     ``phantom.json`` describing how it was made. ``shape`` is (X, Y, Z) in 1 mm voxels;
-    ``skull_stripped=False`` keeps skull and scalp (see ``brain_phantom``).
+    ``skull_stripped=False`` keeps skull and scalp (see ``brain_phantom``); ``difficulty``
+    is ``easy`` or ``realistic``.
     """
     shape = _check_shape(shape)
+    _check_difficulty(difficulty)
     if cases < 1:
         raise BraverError(f"--cases must be at least 1 (got {cases})")
     with _new_folder(Path(out), overwrite) as tmp, _progress(cases, "synth brain", progress) as bar:
@@ -661,7 +919,10 @@ def synth_brain(
         for index in range(cases):
             case_id = f"PhantomBrain_{index:05d}"
             channels, label, affine = brain_phantom(
-                shape, _case_rng(seed, index, "brain"), skull_stripped=skull_stripped
+                shape,
+                _case_rng(seed, index, "brain"),
+                skull_stripped=skull_stripped,
+                difficulty=difficulty,
             )
             folder = tmp / case_id
             folder.mkdir()
@@ -669,7 +930,7 @@ def synth_brain(
                 save_nifti(channels[channel], affine, folder / f"{case_id}_{key}.nii.gz")
             save_nifti(label, affine, folder / f"{case_id}_seg.nii.gz")
             bar.update(task, advance=1)
-        _write_description(tmp, "brain", cases, seed, shape, skull_stripped)
+        _write_description(tmp, "brain", cases, seed, shape, skull_stripped, difficulty)
     return Path(out)
 
 
@@ -681,26 +942,38 @@ def synth_liver(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    difficulty: str = "easy",
 ) -> Path:
     """Write ``cases`` phantom abdominal CTs in the LiTS layout to ``out`` (all or nothing).
 
-    ``out/volume-N.nii`` (int16 HU) and ``out/segmentation-N.nii`` (0/1/2) as LiTS ships them.
+    ``out/volume-N.nii`` (int16 HU) and ``out/segmentation-N.nii`` (0/1/2) as LiTS ships them;
+    ``difficulty`` is ``easy`` or ``realistic``.
     """
     shape = _check_shape(shape)
+    _check_difficulty(difficulty)
     if cases < 1:
         raise BraverError(f"--cases must be at least 1 (got {cases})")
     with _new_folder(Path(out), overwrite) as tmp, _progress(cases, "synth liver", progress) as bar:
         task = bar.add_task("synth", total=cases)
         for index in range(cases):
-            volume, label, affine = liver_phantom(shape, _case_rng(seed, index, "liver"))
+            volume, label, affine = liver_phantom(
+                shape, _case_rng(seed, index, "liver"), difficulty=difficulty
+            )
             save_nifti(volume, affine, tmp / f"volume-{index}.nii")
             save_nifti(label, affine, tmp / f"segmentation-{index}.nii")
             bar.update(task, advance=1)
-        _write_description(tmp, "liver", cases, seed, shape)
+        _write_description(tmp, "liver", cases, seed, shape, difficulty=difficulty)
     return Path(out)
 
 
-def _description(kind: str, cases: int, seed: int, shape, skull_stripped: bool = True) -> dict:
+def _description(
+    kind: str,
+    cases: int,
+    seed: int,
+    shape,
+    skull_stripped: bool = True,
+    difficulty: str = "easy",
+) -> dict:
     description = {
         "generator": "braver.data.phantoms",
         "kind": kind,
@@ -712,13 +985,21 @@ def _description(kind: str, cases: int, seed: int, shape, skull_stripped: bool =
     }
     if kind == "brain":
         description["skull_stripped"] = skull_stripped
+    if difficulty != "easy":  # absent: easy, so that easy datasets made before stay current
+        description["difficulty"] = difficulty
     return description
 
 
 def _write_description(
-    folder: Path, kind: str, cases: int, seed: int, shape, skull_stripped: bool = True
+    folder: Path,
+    kind: str,
+    cases: int,
+    seed: int,
+    shape,
+    skull_stripped: bool = True,
+    difficulty: str = "easy",
 ) -> None:
-    description = _description(kind, cases, seed, shape, skull_stripped)
+    description = _description(kind, cases, seed, shape, skull_stripped, difficulty)
     (folder / "phantom.json").write_text(json.dumps(description, indent=2) + "\n")
 
 
@@ -739,7 +1020,9 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def default_phantom_cache(kind: str = "brain", progress: bool = True) -> tuple[Path, Path]:
+def default_phantom_cache(
+    kind: str = "brain", progress: bool = True, difficulty: str = "easy"
+) -> tuple[Path, Path]:
     """The built-in phantom dataset and its prepared cache, made on first use and then reused.
 
     Lives under ``braver.paths.cache_root()/phantoms/<kind>-v1/`` (``dataset/`` and
@@ -748,7 +1031,8 @@ def default_phantom_cache(kind: str = "brain", progress: bool = True) -> tuple[P
     a case, so sampling and training on 2 CPU cores are quick. Liver: 16 CT cases of
     96 x 96 x 40 voxels (3.75 x 3.75 x 4 mm), LiTS layout, classes background, liver, tumor.
     The brain cache is prepared with N4 on all four channels (``PREPARE_BRAIN``); a cache
-    left by other settings is prepared again.
+    left by other settings is prepared again. ``difficulty="realistic"``: the same sizes and
+    seed with the realistic phantoms, under ``<kind>-realistic-v1/``.
     Returns ``(dataset_folder, cache_folder)``; open the cache with ``braver.data.cache.Cache``.
     """
     from braver.paths import cache_root
@@ -756,14 +1040,16 @@ def default_phantom_cache(kind: str = "brain", progress: bool = True) -> tuple[P
 
     if kind not in ("brain", "liver"):
         raise BraverError(f"unknown phantom kind {kind!r}", None, "choose 'brain' or 'liver'")
+    _check_difficulty(difficulty)
     spec = DEFAULT_BRAIN if kind == "brain" else DEFAULT_LIVER
     settings = PrepareSettings(**(PREPARE_BRAIN if kind == "brain" else PREPARE_LIVER))
-    base = cache_root() / "phantoms" / f"{kind}-v{PHANTOM_VERSION}"
+    name = kind if difficulty == "easy" else f"{kind}-{difficulty}"
+    base = cache_root() / "phantoms" / f"{name}-v{PHANTOM_VERSION}"
     dataset, cache = base / "dataset", base / "cache"
-    expected = _description(kind, spec["cases"], spec["seed"], spec["shape"])
+    expected = _description(kind, spec["cases"], spec["seed"], spec["shape"], difficulty=difficulty)
     if _dataset_matches(dataset, expected) and _cache_complete(cache, spec["cases"], settings):
         return dataset, cache
-    with _locked(base.parent / f".{kind}-v{PHANTOM_VERSION}.lock"):
+    with _locked(base.parent / f".{name}-v{PHANTOM_VERSION}.lock"):
         # another process may have made it meanwhile; prepare skips what is up to date
         if not _dataset_matches(dataset, expected):
             synth = synth_brain if kind == "brain" else synth_liver
@@ -774,6 +1060,7 @@ def default_phantom_cache(kind: str = "brain", progress: bool = True) -> tuple[P
                 spec["shape"],
                 overwrite=True,
                 progress=progress,
+                difficulty=difficulty,
             )
         # cases prepared with other settings are prepared again (their fingerprint differs)
         report = prepare_dataset(

@@ -254,3 +254,24 @@ def test_debug_shows_the_traceback(tmp_path):
     result = runner.invoke(app, ["--debug", "data", "inspect", str(tmp_path / "empty")])
     assert result.exit_code != 0 and result.exception is not None
     assert type(result.exception).__name__ == "BraverError"
+
+
+def test_synth_realistic_difficulty(tmp_path):
+    result = invoke(
+        "synth",
+        "liver",
+        tmp_path / "liver",
+        "--cases",
+        1,
+        "--shape",
+        "32,32,16",
+        "--difficulty",
+        "realistic",
+    )
+    assert result.exit_code == 0, result.output
+    assert "realistic liver" in result.output
+    assert (
+        json.loads((tmp_path / "liver" / "phantom.json").read_text())["difficulty"] == "realistic"
+    )
+    bad = invoke("synth", "brain", tmp_path / "b", "--cases", 1, "--difficulty", "hard")
+    assert bad.exit_code == 2 and not (tmp_path / "b").exists()

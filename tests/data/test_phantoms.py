@@ -8,14 +8,20 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from braver.data.cache import Cache
 from braver.data.formats import discover
 from braver.data.phantoms import (
+    BRAIN_TISSUES,
     DEFAULT_BRAIN,
+    LIVER_TISSUES,
+    _scanner_channel,
     brain_phantom,
+    brain_phantom_tissues,
     default_phantom_cache,
     liver_phantom,
+    liver_phantom_tissues,
     smooth_field,
     synth_brain,
     synth_liver,
@@ -277,3 +283,178 @@ def test_default_liver_cache():
 def test_default_phantom_cache_unknown_kind():
     with pytest.raises(BraverError, match="unknown phantom kind"):
         default_phantom_cache("lung")
+
+
+# --- the realistic difficulty -------------------------------------------------------------------
+
+REALISTIC = (80, 80, 40)
+SEEDS = range(6)
+
+
+@pytest.fixture(scope="module")
+def realistic_brains():
+    return [brain_phantom_tissues(REALISTIC, seed, difficulty="realistic") for seed in SEEDS]
+
+
+@pytest.fixture(scope="module")
+def easy_brains():
+    return [brain_phantom_tissues(REALISTIC, seed) for seed in SEEDS]
+
+
+def test_easy_is_the_default_and_realistic_is_deterministic():
+    default, label, _ = brain_phantom(SMALL, 4)
+    easy, easy_label, _ = brain_phantom(SMALL, 4, difficulty="easy")
+    assert all(np.array_equal(default[k], easy[k]) for k in default)
+    assert np.array_equal(label, easy_label)
+    one, one_label, _ = brain_phantom(SMALL, 4, difficulty="realistic")
+    two, two_label, _ = brain_phantom(SMALL, 4, difficulty="realistic")
+    assert all(one[k].tobytes() == two[k].tobytes() for k in one)
+    assert one_label.tobytes() == two_label.tobytes()
+    assert not np.array_equal(one["t1"], easy["t1"])
+    hu, liver_label, _ = liver_phantom((48, 48, 24), 4, difficulty="realistic")
+    again, again_label, _ = liver_phantom((48, 48, 24), 4, difficulty="realistic")
+    assert hu.tobytes() == again.tobytes() and liver_label.tobytes() == again_label.tobytes()
+    with pytest.raises(BraverError, match="unknown phantom difficulty 'hard'"):
+        brain_phantom(SMALL, 0, difficulty="hard")
+
+
+def near_tumour(label, tissue, name):
+    """Voxels of a normal tissue within 8 voxels of the tumour (the bias field varies slowly)."""
+    near = ndimage.binary_dilation(label > 0, iterations=8) & (label == 0)
+    return near & (tissue == BRAIN_TISSUES[name])
+
+
+def local_contrasts(brains):
+    """Per case: enhancing / nearby white matter on T1c, edema / nearby grey matter on FLAIR."""
+    enhancing, edema = [], []
+    for channels, label, _, tissue in brains:
+        wm, gm = (
+            near_tumour(label, tissue, "white_matter"),
+            near_tumour(label, tissue, "grey_matter"),
+        )
+        if (label == 4).sum() > 20:
+            enhancing.append(channels["t1c"][label == 4].mean() / channels["t1c"][wm].mean())
+        edema.append(channels["flair"][label == 2].mean() / channels["flair"][gm].mean())
+    return np.median(enhancing), np.median(edema)
+
+
+def test_realistic_lesions_are_closer_to_normal_tissue(easy_brains, realistic_brains):
+    easy_enhancing, easy_edema = local_contrasts(easy_brains)
+    enhancing, edema = local_contrasts(realistic_brains)
+    assert easy_enhancing > 1.35 and easy_edema > 1.35  # bright and well apart
+    assert 1.02 < enhancing < 1.3  # still brighter than white matter, but weakly
+    assert 1.1 < edema < 1.35  # closer to grey matter on FLAIR
+    assert enhancing < easy_enhancing - 0.2 and edema < easy_edema - 0.1
+
+
+def test_realistic_brain_lookalikes_exist_and_are_not_tumour(realistic_brains):
+    for channels, label, _, tissue in realistic_brains:
+        brain = channels["t1"] > 0
+        wm = brain & (tissue == BRAIN_TISSUES["white_matter"])
+        for name in ("white_matter_lesion", "dura", "vessel"):
+            where = tissue == BRAIN_TISSUES[name]
+            assert where.sum() > 30, name
+            assert not label[where].any(), name  # unlabelled: background
+        # white-matter hyperintensities: as bright as edema on FLAIR, brighter than white matter
+        lesion = tissue == BRAIN_TISSUES["white_matter_lesion"]
+        flair_lesion = channels["flair"][lesion].mean()
+        assert flair_lesion > 1.05 * np.median(channels["flair"][wm])
+        if (label == 2).sum() > 100:
+            assert 0.7 < flair_lesion / channels["flair"][label == 2].mean() < 1.3
+        # dura and falx: enhancing on T1c and not on T1, like an enhancing rim
+        dura = tissue == BRAIN_TISSUES["dura"]
+        t1c = channels["t1c"][dura].mean() / np.median(channels["t1c"][wm])
+        t1 = channels["t1"][dura].mean() / np.median(channels["t1"][wm])
+        assert t1c > 0.95 and t1c > t1 + 0.25
+
+
+def test_realistic_brains_have_small_and_multiple_tumours(easy_brains, realistic_brains):
+    def components(brains):  # sizes of the tumour components of 20 voxels or more, per case
+        sizes = []
+        for _, label, _, _ in brains:
+            labels, _ = ndimage.label(label > 0, np.ones((3, 3, 3)))
+            counts = np.bincount(labels.ravel())[1:]
+            sizes.append(counts[counts >= 20])
+        return sizes
+
+    easy, realistic = components(easy_brains), components(realistic_brains)
+    assert sum(len(s) >= 2 for s in realistic) >= 4  # most realistic cases: several lesions
+    assert min(s.min() for s in realistic) < 50  # a lesion of a few mm (50 mm³)
+    all_easy, all_realistic = np.concatenate(easy), np.concatenate(realistic)
+    assert np.median(all_realistic) < 0.5 * np.median(all_easy)
+
+
+def test_thick_slices_blur_along_z_only():
+    image = np.zeros((4, 4, 20), np.float32)
+    image[..., 10:] = 1.0  # a step between slices 9 and 10
+    rng = np.random.default_rng(0)
+    while True:  # the first draw that takes thick slices (70-80% of draws for FLAIR)
+        state = rng.bit_generator.state
+        if rng.random() < 0.8:
+            break
+    rng.bit_generator.state = state
+    blurred = _scanner_channel(image.copy(), "flair", rng)
+    profile = blurred[0, 0]
+    assert (np.diff(profile) >= -1e-6).all()  # still a monotonic edge
+    ramp = np.count_nonzero((profile > 0.01) & (profile < 0.99))
+    assert 4 <= ramp <= 9  # two boxes of 3-5 mm: a ramp of 4-8 slices
+    assert (blurred[:, :, 0] == blurred[0, 0, 0]).all()  # nothing changes within a slice
+
+
+def test_realistic_scanner_variation_makes_white_matter_less_uniform(easy_brains, realistic_brains):
+    def variation(brains):  # coefficient of variation of white matter, per case and channel
+        return np.median(
+            [
+                c[k][t == BRAIN_TISSUES["white_matter"]].std()
+                / c[k][t == BRAIN_TISSUES["white_matter"]].mean()
+                for c, _, _, t in brains
+                for k in c
+            ]
+        )
+
+    easy, realistic = variation(easy_brains), variation(realistic_brains)
+    assert 0.08 < easy < 0.16  # bias field, texture and noise
+    assert realistic > 1.3 * easy  # a stronger field, more noise, a gamma per channel
+
+
+@pytest.fixture(scope="module")
+def realistic_livers():
+    return [liver_phantom_tissues((64, 64, 32), seed, difficulty="realistic") for seed in range(4)]
+
+
+def test_realistic_liver_tumours_are_small_several_and_low_contrast(realistic_livers):
+    counts, sizes, contrasts = [], [], []
+    voxel_ml = (360 / 64) * (360 / 64) * (160 / 32) / 1000
+    for hu, label, _, _ in realistic_livers:
+        labels, count = ndimage.label(label == 2, np.ones((3, 3, 3)))
+        counts.append(count)
+        sizes.extend(np.bincount(labels.ravel())[1:] * voxel_ml)
+        contrasts.append(abs(np.median(hu[label == 2]) - np.median(hu[label == 1])))
+    assert min(counts) >= 2 and max(counts) >= 4  # several per liver
+    assert np.median(sizes) < 5.0  # most below 5 ml (a 2 cm sphere is 4.2 ml)
+    assert 8 < np.median(contrasts) < 40  # 15-45 HU drawn, blurred and noisy
+
+
+def test_realistic_liver_lookalikes_are_not_tumour(realistic_livers):
+    for hu, label, _, tissue in realistic_livers:
+        liver = np.median(hu[label == 1])
+        cyst = tissue == LIVER_TISSUES["cyst"]
+        assert cyst.any() and (label[cyst] == 1).all()  # labelled liver, as LiTS does
+        assert np.median(hu[cyst]) < liver - 15  # darker than the liver, like a hypodense lesion
+        bowel = tissue == LIVER_TISSUES["bowel"]
+        assert bowel.sum() > 10 and not label[bowel].any()  # background
+        assert abs(np.median(hu[bowel]) - liver) < 70  # of liver density
+        touching = ndimage.binary_dilation(label == 1, iterations=2) & bowel
+        assert touching.any() or bowel.sum() < 50  # against the liver
+
+
+def test_synth_realistic_records_its_difficulty(tmp_path):
+    out = synth_liver(
+        tmp_path / "liver", cases=1, seed=0, shape=(48, 48, 24), difficulty="realistic"
+    )
+    assert json.loads((out / "phantom.json").read_text())["difficulty"] == "realistic"
+    easy = synth_liver(tmp_path / "easy", cases=1, seed=0, shape=(48, 48, 24))
+    assert "difficulty" not in json.loads((easy / "phantom.json").read_text())
+    with pytest.raises(BraverError, match="unknown phantom difficulty"):
+        synth_brain(tmp_path / "x", cases=1, shape=SMALL, difficulty="hard")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,233 @@
+"""Quality where it is hard: whole-volume Dice per region on the phantoms, before and after
+post-processing, and the post-processing values measured on the validation cases.
+
+Three figures, each from a run trained as a user would train it (phantom profile of the
+shipped recipe, the built-in phantom caches):
+
+- ``brain-easy``: ``braver train brain`` on the default (easy) phantoms;
+- ``brain-realistic``: the same recipe on the realistic phantoms (look-alikes, low contrast,
+  small and multiple lesions, thick slices, scanner variation; ``braver data synth
+  --difficulty realistic``);
+- ``liver``: ``braver transfer liver --freeze local`` from the brain-easy run on the liver
+  phantoms (easy; ``--liver-difficulty realistic`` for the realistic ones).
+
+For each, the validation cases are predicted once (dense, no post-processing) and every
+post-processing option (``braver.postprocess``) is chosen in turn by ``select_option``
+(highest mean Dice over the regions and cases, the gentlest value on a tie): brain —
+``min_component_voxels``, then ``fill_holes``; liver — ``largest_component``, then
+``inside_organ_dilation_mm``, ``min_component_voxels``, ``fill_holes``. The values are chosen
+on the same validation cases they are reported on: the "postprocessed" Dice is the optimistic
+end; "raw" is the network alone.
+
+    python bench/quality.py                                   # all three (tens of minutes)
+    python bench/quality.py --only brain-easy --runs runs-q   # one, keeping its run folder
+    python bench/quality.py --only liver --brain-run runs-q/brain-phantom-…  # reuse a run
+    python bench/quality.py --reuse brain-easy=RUN            # measure an existing run only
+
+The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+STUDIES = ("brain-easy", "brain-realistic", "liver")
+BRAIN_CANDIDATES = {
+    "min_component_voxels": [0, 10, 25, 50, 100, 200, 400, 800],
+    "fill_holes": [False, True],
+}
+LIVER_CANDIDATES = {
+    "largest_component": [False, True],
+    "inside_organ_dilation_mm": [None, 0.0, 4.0, 8.0, 16.0],
+    "min_component_voxels": [0, 3, 5, 10, 20, 50],
+    "fill_holes": [False, True],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", default=",".join(STUDIES), help="comma list of " + ", ".join(STUDIES)
+    )
+    parser.add_argument("--runs", type=Path, default=None, help="keep run folders here")
+    parser.add_argument(
+        "--brain-run", type=Path, default=None, help="liver: transfer from this run"
+    )
+    parser.add_argument(
+        "--reuse", action="append", default=[], help="STUDY=RUN: measure this run, do not train"
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--liver-set", dest="liver_overrides", action="append", default=[])
+    parser.add_argument("--liver-difficulty", choices=("easy", "realistic"), default="easy")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = parser.parse_args()
+    studies = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(studies) - set(STUDIES))
+    if unknown:
+        parser.error(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
+    reuse = dict(item.split("=", 1) for item in args.reuse)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result: dict = {
+        "bench": "quality",
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    with tempfile.TemporaryDirectory(prefix="braver-quality-") as tmp:
+        runs = args.runs or Path(tmp) / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        brain_run = args.brain_run
+        for study in studies:
+            start = time.perf_counter()
+            if study in reuse:
+                run, trained = Path(reuse[study]), None
+            elif study.startswith("brain"):
+                difficulty = study.split("-", 1)[1]
+                run, trained = train_brain(difficulty, args.overrides, runs)
+            else:
+                source = brain_run or (Path(reuse["brain-easy"]) if "brain-easy" in reuse else None)
+                if source is None:
+                    raise SystemExit("liver: pass --brain-run RUN or run brain-easy first")
+                run, trained = transfer_liver(
+                    source, args.liver_overrides, runs, args.liver_difficulty
+                )
+            if study == "brain-easy":
+                brain_run = brain_run or run
+            figures = measure(run)
+            figures["train_seconds"] = trained
+            figures["bench_seconds"] = round(time.perf_counter() - start, 1)
+            figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+            result[study.replace("-", "_")] = figures
+            print(json.dumps({study: figures}), flush=True)  # partial results as they come
+    result.update(
+        {
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        }
+    )
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# training as a user would
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def train_brain(difficulty: str, overrides: list[str], runs: Path) -> tuple[Path, float]:
+    """``braver train brain`` (phantom profile) on the phantoms of this difficulty."""
+    from braver.data.phantoms import default_phantom_cache
+    from braver.recipe import load_recipe, shipped_recipe
+    from braver.train import train_from_recipe
+
+    _, cache = default_phantom_cache("brain", progress=False, difficulty=difficulty)
+    recipe = load_recipe(shipped_recipe("brain"), overrides, profile="phantom")
+    start = time.perf_counter()
+    run = train_from_recipe(recipe, cache=cache, out=runs, console=_console(), progress=False)
+    return Path(run), round(time.perf_counter() - start, 1)
+
+
+def transfer_liver(
+    brain_run: Path, overrides: list[str], runs: Path, difficulty: str
+) -> tuple[Path, float]:
+    """``braver transfer liver --freeze local`` (phantom profile) from ``brain_run``."""
+    try:  # the transfer study's home (braver.studies.transfer once moved there)
+        from braver.studies.transfer import load_liver_recipe, plan_setups, run_study
+    except ImportError:
+        from braver.transfer_study import load_liver_recipe, plan_setups, run_study
+    from braver.data.phantoms import default_phantom_cache
+    from braver.recipe import shipped_recipe
+    from braver.runs import load_model
+
+    recipe, settings = load_liver_recipe(shipped_recipe("liver"), overrides, profile="phantom")
+    brain, _ = load_model(brain_run)
+    setups = plan_setups(brain, ["local"], False, settings)
+    _, cache = default_phantom_cache("liver", progress=False, difficulty=difficulty)
+    start = time.perf_counter()
+    study = run_study(
+        recipe, settings, setups, brain_run=brain_run, cache=cache, out=runs, console=_console()
+    )
+    seconds = round(time.perf_counter() - start, 1)
+    return Path(study.rows[0]["run"]), seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def measure(run: Path) -> dict:
+    """Dice per region of the run's validation cases, raw and post-processed, and the values."""
+    import numpy as np
+
+    from braver.inference import predict_volume
+    from braver.postprocess import NONE, region_dice, select_option
+    from braver.runs import load_model, validation_cache
+
+    model, info = load_model(run)
+    cache = validation_cache(run, info, "train the run again")
+    scheme = cache.scheme
+    cases = []
+    for case_id in info.validation_cases:
+        case = cache.case(case_id)
+        probs = predict_volume(model, case.image)
+        spacing = tuple(float(s) for s in case.meta["spacing_zyx"])
+        cases.append((probs.argmax(0).astype(np.uint8), np.asarray(case.label), spacing))
+
+    def mean_dice(options) -> dict:
+        from braver.postprocess import postprocess
+
+        totals: dict[str, float] = {}
+        for pred, truth, spacing in cases:
+            cleaned = postprocess(pred, scheme, options, spacing_zyx=spacing)
+            for key, value in region_dice(cleaned, truth, scheme).items():
+                totals[key] = totals.get(key, 0.0) + value / len(cases)
+        return {k: round(v, 4) for k, v in totals.items()}
+
+    candidates = LIVER_CANDIDATES if "liver" in scheme.regions else BRAIN_CANDIDATES
+    options, tables = NONE, {}
+    for name, values in candidates.items():
+        best, rows = select_option(cases, scheme, name, values, base=options)
+        options = options.replace(**{name: best})
+        tables[name] = [{k: _rounded(v) for k, v in row.items()} for row in rows]
+    recipe = _run_recipe(run)
+    return {
+        "run": str(run),
+        "kind": info.kind,
+        "recipe": recipe,
+        "validation_cases": len(cases),
+        "dice_raw": mean_dice(NONE),
+        "postprocess_chosen": options.to_dict(),
+        "dice_postprocessed": mean_dice(options),
+        "postprocess_tables": tables,
+    }
+
+
+def _rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _run_recipe(run: Path) -> dict:
+    """The resolved recipe the run recorded (recipe.toml), for the JSON."""
+    from braver.recipe import read_recipe_file
+
+    path = run / "recipe.toml"
+    return read_recipe_file(path) if path.exists() else {}
+
+
+if __name__ == "__main__":
+    main()

@@ -32,9 +32,16 @@ re-initialised for the new classes, so its class map means something new (and ha
 ``num_classes`` channels: 5 brain → 3 liver). ``class_map="reinit"`` (default) re-initialises
 the second network's weights on those channels U(−a, a); ``"background"`` keeps the weights
 on channel 0 (background / normal tissue in every braver label scheme) and re-initialises the
-others. A frozen layer keeps whatever these start at: train the layers listed under
-``class_map`` (or accept that the class map reaches the second network only through the
-layers that are trained).
+others; ``"keep"`` keeps the weights on the first ``num_classes`` channels (fewer classes only).
+A frozen layer keeps whatever these start at: train the layers listed under ``class_map``
+(or accept that the class map reaches the second network only through the layers that are
+trained).
+
+Kept output layers (``keep_outputs``): an output layer that a transfer setup keeps frozen
+would be useless re-initialised, so it may keep the trained weights of the first
+``num_classes`` classes instead (class 0 is background in every braver label scheme; the
+others keep their brain meaning, e.g. necrosis and edema answering for liver and tumour).
+The seed study's setups (:mod:`braver.studies.transfer`) freeze output layers this way.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from braver.models.naming import networks, weight_layers
 from braver.models.twopath import GLOBAL_MAPS, LOCAL_MAPS
 
 STRATEGIES = ("sum", "average", "repeat", "reinit")
-CLASS_MAP_STRATEGIES = ("reinit", "background")
+CLASS_MAP_STRATEGIES = ("reinit", "background", "keep")
 DEFAULT_STRATEGY = "sum"
 
 _STRATEGY_RULES = {
@@ -108,13 +115,17 @@ def _adapt_image(w: torch.Tensor, new: int, strategy: str, a: float) -> tuple[to
 
 
 def _adapt_class_map(w: torch.Tensor, new: int, strategy: str, a: float) -> torch.Tensor:
+    if strategy == "keep":
+        return w[:, :new].clone()
     fresh = _uniform((w.shape[0], new, *w.shape[2:]), a, w)
     if strategy == "background":
         fresh[:, 0] = w[:, 0]
     return fresh
 
 
-def _check(model: nn.Module, strategy: str, class_map: str, in_channels: int) -> None:
+def _check(
+    model: nn.Module, strategy: str, class_map: str, in_channels: int, keeps_classes: bool
+) -> None:
     if not hasattr(model, "config"):
         raise BraverError(
             "this model has no config", hint="build it with braver.models.create_model"
@@ -137,6 +148,11 @@ def _check(model: nn.Module, strategy: str, class_map: str, in_channels: int) ->
             f"in_channels must be a positive integer, got {in_channels!r}", hint="1 for CT"
         )
     old = model.in_channels
+    if keeps_classes and num_classes_of(model) < keeps_classes:
+        raise BraverError(
+            f"cannot keep {keeps_classes} classes of a network trained on {num_classes_of(model)}",
+            hint="re-initialise the output layers (no kept outputs, class_map reinit or background)",
+        )
     if strategy == "repeat" and old % in_channels:
         raise BraverError(
             f"cannot repeat {in_channels} channels to fill the network's {old}",
@@ -153,8 +169,10 @@ def _rebuild(
     class_map: str,
     new_outputs: bool,
     class_frequencies: Sequence[float] | None,
+    keep_outputs: Sequence[str] = (),
 ) -> tuple[nn.Module, dict[str, Any]]:
-    _check(model, strategy, class_map, in_channels)
+    keeps = new_outputs and (bool(keep_outputs) or class_map == "keep")
+    _check(model, strategy, class_map, in_channels, num_classes if keeps else 0)
     old_config = model.config
     keep_frequencies = not new_outputs and class_frequencies is None
     config = {
@@ -173,17 +191,24 @@ def _rebuild(
     old_layout, new_layout = input_layout(model), input_layout(new_model)
 
     outputs = [n for n in new_layers if n == "output" or n.endswith(".output")]
+    unknown = sorted(set(keep_outputs) - set(outputs))
+    if unknown:
+        raise BraverError(
+            f"{unknown[0]} is not an output layer of this network",
+            hint=f"output layers: {', '.join(outputs)}",
+        )
     image_layers, class_map_layers, reinitialised = {}, [], []
     partly: dict[str, str] = {}
     with torch.no_grad():
         for name, new_layer in new_layers.items():
             old_layer = old_layers[name]
-            if name in outputs and new_outputs:
+            if name in outputs and new_outputs and name not in keep_outputs:
                 reinitialised += [f"{name}.{p}" for p, _ in new_layer.named_parameters()]
                 continue  # fresh from create_model: U(−a, a), biases 0 or log frequencies
+            rows = slice(0, num_classes) if name in keep_outputs else slice(None)
             pieces, start = [], 0
             for kind, count in old_layout[name]:
-                w = old_layer.weight[:, start : start + count]
+                w = old_layer.weight[rows, start : start + count]
                 start += count
                 if kind == "hidden":
                     pieces.append(w.clone())
@@ -197,15 +222,16 @@ def _rebuild(
                         class_map_layers.append(name)
                         first = sum(c for k, c in new_layout[name] if k != "class_map")
                         kept = "channel 0 kept, " if class_map == "background" else ""
-                        partly[f"{name}.weight"] = (
-                            f"input channels {first}–{first + num_classes - 1} (class map): "
-                            f"{kept}re-initialised U(−{a}, {a})"
-                        )
+                        if class_map != "keep":
+                            partly[f"{name}.weight"] = (
+                                f"input channels {first}–{first + num_classes - 1} (class map): "
+                                f"{kept}re-initialised U(−{a}, {a})"
+                            )
                     else:
                         pieces.append(w.clone())
             new_layer.weight.copy_(torch.cat(pieces, dim=1))
             if old_layer.bias is not None:
-                new_layer.bias.copy_(old_layer.bias)
+                new_layer.bias.copy_(old_layer.bias[rows])
 
     old_in, old_classes = model.in_channels, model.num_classes
     rules = sorted(set(image_layers.values()))
@@ -222,7 +248,12 @@ def _rebuild(
         },
         "output": {
             "layers": outputs,
-            "reinitialised": bool(new_outputs),
+            "reinitialised": bool(new_outputs) and not keep_outputs,
+            "kept": [
+                f"{name}: the trained weights of classes 0–{num_classes - 1} kept"
+                for name in outputs
+                if name in keep_outputs
+            ],
             "initialisation": (
                 f"kernels U(−{a}, {a}), biases "
                 + ("log class frequencies" if config["class_frequencies"] else "0")
@@ -241,11 +272,11 @@ def _rebuild(
             "note": (
                 f"the first network's output layer was re-initialised for {num_classes} classes, "
                 "so the second network's weights on its class map were "
-                + (
-                    "re-initialised U(−a, a)"
-                    if class_map == "reinit"
-                    else "re-initialised except on channel 0 (background)"
-                )
+                + {
+                    "reinit": "re-initialised U(−a, a)",
+                    "background": "re-initialised except on channel 0 (background)",
+                    "keep": f"kept on its first {num_classes} channels",
+                }[class_map]
                 + "; a frozen layer keeps them at that start"
             )
             if new_outputs
@@ -301,10 +332,12 @@ def adapt_for_transfer(
     *,
     class_frequencies: Sequence[float] | None = None,
     class_map: str = "reinit",
+    keep_outputs: Sequence[str] = (),
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The trained ``model`` adapted to ``in_channels`` and ``num_classes`` in one step: image
-    channels by ``strategy``, output layer(s) re-initialised, a cascade's class-map weights by
-    ``class_map``. Returns ``(new_model, description)``; ``new_model.config`` rebuilds it."""
+    channels by ``strategy``, output layer(s) re-initialised (those named in ``keep_outputs``
+    keep their first ``num_classes`` classes), a cascade's class-map weights by ``class_map``.
+    Returns ``(new_model, description)``; ``new_model.config`` rebuilds it."""
     return _rebuild(
         model,
         in_channels=in_channels,
@@ -313,7 +346,13 @@ def adapt_for_transfer(
         class_map=class_map,
         new_outputs=True,
         class_frequencies=class_frequencies,
+        keep_outputs=keep_outputs,
     )
+
+
+def num_classes_of(model: nn.Module) -> int:
+    """The number of classes a braver network was built for."""
+    return int(model.config["num_classes"])
 
 
 __all__ = [

@@ -142,3 +142,29 @@ def test_bad_strategies_and_surgery_variants_are_refused():
         adapt_for_transfer(replace_with_identity(model, "conv2"), 1, 3)
     with pytest.raises(BraverError, match="num_classes"):
         adapt_for_transfer(model, 1, 1)
+
+
+def test_kept_outputs_and_class_map_keep_the_first_classes():
+    brain = randomised("input_cascade", num_classes=5)
+    liver, description = adapt_for_transfer(
+        brain, 1, 3, class_map="keep", keep_outputs=["first.output"]
+    )
+    # the kept output: the brain's weights and biases of classes 0, 1, 2
+    assert torch.equal(liver.first.output.weight, brain.first.output.weight[:3])
+    assert torch.equal(liver.first.output.bias, brain.first.output.bias[:3])
+    # the other output re-initialised; the class-map weights kept on channels 4, 5, 6 (of 4 + 5)
+    assert liver.second.output.weight.abs().max() <= 0.005
+    for layer in ("local.conv1", "global_path.conv1"):
+        new = liver.second.get_submodule(layer).weight
+        old = brain.second.get_submodule(layer).weight
+        assert new.shape[1] == 1 + 3 and torch.equal(new[:, 1:], old[:, 4:7])
+    assert description["reinitialised"] == ["second.output.weight", "second.output.bias"]
+    assert description["partly_reinitialised"] == {}
+    assert description["output"]["kept"] == [
+        "first.output: the trained weights of classes 0–2 kept"
+    ]
+    assert "kept on its first 3 channels" in description["class_map"]["note"]
+    with pytest.raises(BraverError, match="second.conv1 is not an output layer"):
+        adapt_for_transfer(brain, 1, 3, keep_outputs=["second.conv1"])
+    with pytest.raises(BraverError, match="cannot keep 6 classes of a network trained on 5"):
+        adapt_for_transfer(brain, 1, 6, class_map="keep")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from braver.cli import data, evaluate, models, predict, prune, train, transfer, tune
+from braver.cli import dashboard, data, evaluate, models, predict, prune, train, transfer, tune
 from braver.cli._common import BraverGroup, console, state
 
 # fastai 2.8 calls torch.jit.script at import; torch 2.14 warns about it on every command
@@ -57,6 +57,7 @@ prune.register(app)
 predict.register(app)
 evaluate.register(app)
 tune.register(app)
+dashboard.register(app)
 
 
 def run() -> None:

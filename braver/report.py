@@ -351,3 +351,45 @@ def plot_bars(
     if title:
         ax.set_title(title, fontsize=10)
     return _save(figure, out_png)
+
+
+# ---------------------------------------------------------------------------------------------
+# report.html
+
+REPORT_FILE = "report.html"
+
+
+def write_report_html(folder: str | Path, out: str | Path | None = None) -> Path:
+    """``report.html``: the run's dashboard page as one self-contained file (works offline).
+
+    Curves (with the stage boundaries, learning rate and momentum), trainable parameters per
+    stage, the validation slices of ``previews/`` (the display channel, truth and the last
+    prediction, embedded as PNG data) and the per-case whole-volume metrics of metrics.json.
+    The page's script and style are inlined; nothing is fetched. Written atomically to
+    ``out`` (default ``folder/report.html``).
+    """
+    import base64
+
+    from braver.dashboard.folders import clean, run_details
+    from braver.dashboard.pages import standalone_page
+
+    folder = Path(folder)
+    details = clean(run_details(folder))
+    images: dict[str, str] = {}
+    previews = details.get("previews")
+    for case in (previews or {}).get("cases", []):
+        case["channels"] = [case["display"]]  # one channel keeps the file small
+        for z in case["slices"]:
+            for name in (f"{case['display']}_z{z}", f"truth_z{z}", f"pred_z{z}"):
+                png = folder / "previews" / case["folder"] / f"{name}.png"
+                if png.exists():
+                    data = base64.b64encode(png.read_bytes()).decode("ascii")
+                    key = f"{folder.name}/previews/{case['folder']}/{name}.png"
+                    images[key] = f"data:image/png;base64,{data}"
+    document = standalone_page(
+        f"braver run {folder.name}",
+        "run",
+        {"run": details, "images": images},
+        run=folder.name,
+    )
+    return write_text(Path(out) if out is not None else folder / REPORT_FILE, document)

@@ -10,10 +10,8 @@ Nothing writes or deletes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,21 +22,11 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from braver.dashboard import folders
+from braver.dashboard.folders import clean
 from braver.dashboard.pages import ASSETS, asset_text, page
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 NO_STORE = {"Cache-Control": "no-store"}
-
-
-def clean(value: Any) -> Any:
-    """JSON-safe: non-finite floats become null (browsers reject NaN in JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
 
 
 def inside(root: Path, relative: str) -> Path | None:

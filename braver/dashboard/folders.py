@@ -62,6 +62,17 @@ def number(value: Any) -> float | None:
     return result if math.isfinite(result) else None
 
 
+def clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become None (browsers reject NaN in JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
 def read_history(folder: Path) -> tuple[list[str], list[dict]]:
     """history.csv as (columns, rows); numbers parsed, empty or non-finite cells None."""
     path = folder / HISTORY
@@ -179,9 +190,8 @@ def planned_epochs(folder: Path, model_name: str | None) -> dict[str, int]:
 def _label(info: dict) -> dict[str, Any]:
     extra = info.get("extra") or {}
     model = info.get("model") or {}
-    data = info.get("data") or (
-        "phantoms" if "phantom" in str(info.get("cache", "")) else info.get("cache")
-    )
+    cache = str(info.get("cache") or "")
+    data = info.get("data") or ("phantoms" if "phantom" in cache else Path(cache).name or None)
     return {
         "kind": info.get("kind"),
         "recipe": extra.get("recipe"),

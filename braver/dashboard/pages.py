@@ -30,6 +30,7 @@ def page(title: str, kind: str, **data: str) -> str:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>{html.escape(title)}</title>
 <link rel="stylesheet" href="/assets/dashboard.css">
 <script src="/assets/dashboard.js" defer></script>
@@ -52,6 +53,7 @@ def standalone_page(title: str, kind: str, payload: dict[str, Any], **data: str)
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>{html.escape(title)}</title>
 <style>
 {asset_text("dashboard.css")}

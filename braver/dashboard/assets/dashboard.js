@@ -10,6 +10,7 @@ const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 const BOOKKEEPING = new Set(["epoch", "stage", "time", "lr", "learning_rate", "mom",
                              "momentum", "wd", "rolled_back"]);
 const SVG = "http://www.w3.org/2000/svg";
+const SCORE = /(dice|sensitivity|specificity|accuracy|loss)$/;  // shown with 4 decimals
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
@@ -50,6 +51,10 @@ function fmt(value) {
   return Math.abs(value) < 10 ? value.toFixed(4) : value.toLocaleString("en", {maximumFractionDigits: 2});
 }
 
+function fmtFraction(value) {
+  return isNumber(value) && Number.isInteger(value) && Math.abs(value) < 10 ? value.toFixed(4) : fmt(value);
+}
+
 function duration(seconds) {
   if (!isNumber(seconds)) return "—";
   if (seconds < 90) return `${Math.round(seconds)} s`;
@@ -87,6 +92,30 @@ function fileUrl(path, version) {
 // ---------------------------------------------------------------------------------------------
 // charts
 
+function tickLabel(value, step) {
+  const decimals = Math.max(0, Math.min(6, -Math.floor(Math.log10(step) + 1e-9)));
+  return (Math.abs(value) < step * 1e-6 ? 0 : value).toFixed(decimals);  // no "-0.00"
+}
+
+// ticks of a log10 axis spanning [low, high] (in log10 units): decades, or 1-2-5 steps, or
+// plain ticks of the values when the range is less than a decade
+function logTicks(low, high) {
+  if (high - low < 1) {
+    const ticks = niceTicks(Math.pow(10, low), Math.pow(10, high));
+    const step = ticks.length > 1 ? ticks[1] - ticks[0] : ticks[0];
+    return ticks.filter((t) => t > 0).map((t) => ({at: Math.log10(t), label: tickLabel(t, step)}));
+  }
+  const ticks = [];
+  const multiples = high - low <= 2 ? [1, 2, 5] : [1];
+  for (let decade = Math.floor(low); decade <= Math.ceil(high); decade++) {
+    for (const m of multiples) {
+      const at = decade + Math.log10(m);
+      if (at >= low - 1e-9 && at <= high + 1e-9) ticks.push({at, label: fmt(m * Math.pow(10, decade))});
+    }
+  }
+  return ticks;
+}
+
 function niceTicks(low, high, count = 5) {
   if (!(high > low)) return [low];
   const step0 = (high - low) / count;
@@ -123,10 +152,12 @@ function lineChart(series, options = {}) {
   const pyRaw = (v) => height - m.bottom - ((v - y0) / (y1 - y0)) * (height - m.top - m.bottom);
 
   const axes = svg("g", {class: "axes"});
-  for (const t of niceTicks(y0, y1)) {
-    axes.append(svg("line", {x1: m.left, x2: width - m.right, y1: pyRaw(t), y2: pyRaw(t), class: "grid"}));
-    const label = log ? fmt(Math.pow(10, t)) : fmt(t);
-    axes.append(svg("text", {x: m.left - 6, y: pyRaw(t) + 4, "text-anchor": "end"}, label));
+  const linear = niceTicks(y0, y1);
+  const yticks = log ? logTicks(y0, y1)
+    : linear.map((t) => ({at: t, label: tickLabel(t, linear.length > 1 ? linear[1] - linear[0] : Math.abs(t) || 1)}));
+  for (const {at, label} of yticks) {
+    axes.append(svg("line", {x1: m.left, x2: width - m.right, y1: pyRaw(at), y2: pyRaw(at), class: "grid"}));
+    axes.append(svg("text", {x: m.left - 6, y: pyRaw(at) + 4, "text-anchor": "end"}, label));
   }
   let xticks = niceTicks(x0, x1, Math.min(8, Math.max(1, Math.round(x1 - x0))));
   if (options.integerX !== false) xticks = xticks.filter((t) => Number.isInteger(t));
@@ -140,9 +171,9 @@ function lineChart(series, options = {}) {
   root.append(axes);
 
   for (const mark of options.marks || []) {
-    if (mark.x < x0 || mark.x > x1) continue;
-    root.append(svg("line", {x1: px(mark.x), x2: px(mark.x), y1: m.top, y2: height - m.bottom, class: "stage-mark"}));
-    root.append(svg("text", {x: px(mark.x) + 3, y: m.top + 10, class: "stage-label"}, mark.label));
+    if (mark.x > x1) continue;
+    if (mark.x >= x0) root.append(svg("line", {x1: px(mark.x), x2: px(mark.x), y1: m.top, y2: height - m.bottom, class: "stage-mark"}));
+    root.append(svg("text", {x: px(Math.max(mark.x, x0)) + 3, y: m.top + 10, class: "stage-label"}, mark.label));
   }
   const legend = el("figcaption", {class: "legend"});
   series.forEach((s, i) => {
@@ -176,10 +207,12 @@ function barChart(labels, series, options = {}) {
   if (!values.length) return figure;
   let low = Math.min(0, ...values), high = Math.max(0, ...values);
   if (low === high) high = 1;
+  [low, high] = [low - (high - low) * 0.06 * (low < 0), high + (high - low) * 0.06 * (high > 0)];
   const py = (v) => height - m.bottom - ((v - low) / (high - low)) * (height - m.top - m.bottom);
-  for (const t of niceTicks(low, high)) {
+  const ticks = niceTicks(low, high);
+  for (const t of ticks) {
     root.append(svg("line", {x1: m.left, x2: width - m.right, y1: py(t), y2: py(t), class: "grid"}));
-    root.append(svg("text", {x: m.left - 6, y: py(t) + 4, "text-anchor": "end"}, fmt(t)));
+    root.append(svg("text", {x: m.left - 6, y: py(t) + 4, "text-anchor": "end"}, tickLabel(t, ticks.length > 1 ? ticks[1] - ticks[0] : 1)));
   }
   const group = (width - m.left - m.right) / labels.length;
   const bar = (group * 0.8) / Math.max(series.length, 1);
@@ -212,6 +245,9 @@ function barChart(labels, series, options = {}) {
 // A sortable table: columns = [{key, label, format, cell}], sort = {key, ascending}.
 function dataTable(columns, rows, options = {}) {
   const state = {key: options.sort?.key, ascending: options.sort?.ascending ?? true};
+  // a column with any fraction shows all its numbers as fractions (1 → 1.0000, not 1)
+  const fractional = new Set(columns.map((c) => c.key).filter((key) => SCORE.test(key) ||
+    rows.some((r) => isNumber(r[key]) && !Number.isInteger(r[key]))));
   const table = el("table", {class: "data", id: options.id});
   const head = el("thead");
   const body = el("tbody");
@@ -242,8 +278,9 @@ function dataTable(columns, rows, options = {}) {
     body.replaceChildren(...sorted.map((row) => el("tr", options.rowAttrs ? options.rowAttrs(row) : {},
       columns.map((c) => {
         const value = row[c.key];
-        const content = c.cell ? c.cell(row) : (c.format || fmt)(value);
-        return el("td", {class: typeof value === "number" ? "num " + (c.key || "") : c.key || ""}, content);
+        const format = c.format || (fractional.has(c.key) ? fmtFraction : fmt);
+        const content = c.cell ? c.cell(row) : format(value);
+        return el("td", {class: (typeof value === "number" ? "num " : "") + `col-${c.key}`}, content);
       }))));
   }
   render();
@@ -407,8 +444,10 @@ function caseMetricsTable(metrics, viewer) {
                  onclick: (e) => { e.preventDefault(); viewer.selectCase(row.case); }}, row.case)
       : el("span", {title: "no preview slices for this case"}, row.case)},
     ...keys.map((k) => ({key: k}))];
-  const means = Object.entries(metrics.summary || {}).map(([k, v]) => `${words(k)} ${fmt(v.mean)}`);
+  const means = Object.entries(metrics.summary || {}).filter(([k]) => k.endsWith("_dice"))
+    .map(([k, v]) => `${words(k)} ${fmtFraction(v.mean)}`);
   return el("div", {},
+    means.length ? el("p", {id: "case-means"}, "Mean over the cases: ", el("strong", {text: means.join(" · ")})) : null,
     dataTable(columns, cases, {id: "case-metrics", sort: {key: dice, ascending: true}}),
     el("p", {class: "muted", text: "Sorted worst first by " + words(dice || "case") + "; click a heading to sort, a case to see its slices."}));
 }
@@ -444,7 +483,8 @@ async function runPage(app, runName) {
     if (pv !== previewVersion || !viewer.index) { previewVersion = pv; viewer.update(details.previews); }
     caseMetrics.replaceChildren(caseMetricsTable(details.metrics, viewer));
     studies.replaceChildren(details.studies.length
-      ? el("ul", {}, details.studies.map((s) => el("li", {}, el("a", {href: `/study/${runName}/${s.name}`}, s.name), ` — ${s.rows} variants`)))
+      ? el("ul", {}, details.studies.map((s) => el("li", {},
+          EMBEDDED ? s.name : el("a", {href: `/study/${runName}/${s.name}`}, s.name), ` — ${s.rows} variants`)))
       : el("p", {class: "muted", text: "None (braver prune writes them)."}));
     if (!EMBEDDED) {
       files.replaceChildren("Files: ", ...details.files.flatMap((f) => [el("a", {href: fileUrl(`${runName}/${f}`)}, f), " "]));
@@ -528,7 +568,9 @@ async function comparePage(app, names) {
     }
     draw();
     const rows = data.runs.map((r) => ({run: r.name, status: r.summary.status, model: r.summary.model, epochs: r.summary.epoch,
-      seconds_per_epoch: r.summary.seconds_per_epoch, ...r.summary.best, ...Object.fromEntries(Object.entries(r.summary.final).map(([k, v]) => [`volume_${k}`, v]))}));
+      seconds_per_epoch: r.summary.seconds_per_epoch,
+      ...Object.fromEntries(Object.entries(r.summary.best).map(([k, v]) => [`best_${k}`, v])),
+      ...Object.fromEntries(Object.entries(r.summary.final).map(([k, v]) => [`volume_${k}`, v]))}));
     const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))];
     tableBox.replaceChildren(dataTable(keys.map((k) => ({key: k})), rows, {id: "compare-summary"}));
   }
@@ -546,7 +588,7 @@ async function studyPage(app, path) {
     .flatMap(([k, v]) => [el("dt", {text: words(k)}), el("dd", {text: fmt(v)})]));
   const columns = data.columns.map((key) => ({key, cell: key.startsWith("delta_") ? (row) => {
     const v = row[key];
-    return el("span", {class: isNumber(v) ? (v < -5e-5 ? "worse" : v > 5e-5 ? "better" : "") : ""}, isNumber(v) ? (v > 0 ? "+" : "") + fmt(v) : "—");
+    return el("span", {class: isNumber(v) ? (v < -5e-5 ? "worse" : v > 5e-5 ? "better" : "") : ""}, isNumber(v) ? (v > 0 ? "+" : "") + fmtFraction(v) : "—");
   } : null}));
   const labels = data.rows.map((r) => String(r[data.label]));
   const chart = barChart(labels, data.chart.map((c) => ({name: words(c), values: data.rows.map((r) => r[c])})),

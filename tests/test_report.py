@@ -131,3 +131,67 @@ def test_plot_bars(tmp_path):
     assert imread(out).ndim == 3
     with pytest.raises(ValueError):
         plot_bars([], ["x"], tmp_path / "none.png")
+
+
+def _fake_runs():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "dashboard" / "fake_runs.py"
+    spec = importlib.util.spec_from_file_location("fake_runs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _embedded(html: str) -> dict:
+    import re
+
+    found = re.search(
+        r'<script type="application/json" id="braver-data">(.*?)</script>', html, re.S
+    )
+    assert found, "no embedded data"
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in the embedded JSON")
+
+    return json.loads(found.group(1), parse_constant=no_nan)
+
+
+def test_report_html_is_one_file_with_curves_metrics_and_overlays(tmp_path):
+    from braver.report import write_report_html
+
+    fake = _fake_runs()
+    folder = fake.write_run(tmp_path, "brain-1")
+    (folder / "run.json").write_text(
+        (folder / "run.json").read_text().replace('"case01"', '"case01</script>"')
+    )  # a hostile name must not end the script block
+    out = write_report_html(folder)
+    assert out == folder / "report.html"
+    html = out.read_text()
+    assert "<script src=" not in html and '<link rel="stylesheet"' not in html
+    assert "function lineChart" in html and ".chart-svg" in html  # script and style inlined
+    data = _embedded(html)
+    assert [row["valid_loss"] for row in data["run"]["history"]] == [1.0, 0.5, 0.3333, 0.25]
+    assert data["run"]["metrics"]["patch"]["valid_loss"] is None  # NaN in metrics.json
+    assert len(data["run"]["metrics"]["cases"]) == 3
+    cases = data["run"]["previews"]["cases"]
+    assert [c["channels"] for c in cases] == [["flair"], ["flair"]]  # the display channel only
+    assert len(data["images"]) == 2 * 3 * 3  # 2 cases × 3 slices × (flair, truth, prediction)
+    key = "brain-1/previews/case03/pred_z5.png"
+    png = (folder / "previews" / "case03" / "pred_z5.png").read_bytes()
+    import base64
+
+    assert base64.b64decode(data["images"][key].split(",", 1)[1]) == png
+    # the embedded JSON reads back whole: its "</" did not close the script block
+    assert "case01</script>" in data["run"]["info"]["validation_cases"]
+
+
+def test_report_html_of_a_run_without_previews_or_metrics(tmp_path):
+    from braver.report import write_report_html
+
+    fake = _fake_runs()
+    folder = fake.write_run(tmp_path, "brain-2", status="running", previews=False)
+    data = _embedded(write_report_html(folder, tmp_path / "elsewhere.html").read_text())
+    assert data["run"]["previews"] is None and data["run"]["metrics"] is None
+    assert data["images"] == {} and not (folder / "report.html").exists()

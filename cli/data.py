@@ -46,6 +46,21 @@ FormatOption = Annotated[
 ]
 
 
+class CtNormalisation(str, Enum):  # braver.preprocess.settings.CT_NORMALISATIONS
+    unit = "unit"
+    zscore = "zscore"
+
+
+def print_notes(notes: list[str], limit: int = 10) -> None:
+    """What the dataset layout chose (e.g. raw over N4ITK files), one yellow line each."""
+    for note in notes[:limit]:
+        err_console.print(f"[yellow]note:[/] {note}")
+    if len(notes) > limit:
+        err_console.print(
+            f"[yellow]note:[/] … {len(notes) - limit} more (listed in the cache's summary.json)"
+        )
+
+
 def _numbers(text: str, count: int, what: str, integer: bool = False) -> tuple:
     parts = [p for p in re.split(r"[x,\s]+", text.strip()) if p]
     try:
@@ -139,6 +154,7 @@ def inspect(
     from braver.preprocess import class_imbalance, describe_case, save_montage
 
     dataset = discover(data, format.value if format else None)
+    print_notes(dataset.notes)
     cases = dataset.cases[:limit] if limit else dataset.cases
     table = Table(title=f"{dataset.root} — {dataset.format}, {len(dataset)} case(s)")
     table.add_column("case", no_wrap=True)
@@ -211,8 +227,14 @@ def prepare(
         ),
     ] = None,
     n4: Annotated[
-        bool, typer.Option("--n4", help="N4 bias-field correction of T1 and T1c.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--n4/--no-n4",
+            help="N4 bias-field correction of T1 and T1c after the 1% clip, as the paper "
+            "(default: on for MRI, never for CT).",
+            show_default=False,
+        ),
+    ] = None,
     n4_channels: Annotated[
         str | None,
         typer.Option(
@@ -221,6 +243,26 @@ def prepare(
             show_default=False,
         ),
     ] = None,
+    spacing: Annotated[
+        float | None,
+        typer.Option(
+            "--spacing",
+            min=0.01,
+            help="Resample every slice to MM x MM voxels (slice spacing kept); predictions are "
+            "resampled back. Default: the files' spacing.",
+            metavar="MM",
+            show_default=False,
+        ),
+    ] = None,
+    ct_normalisation: Annotated[
+        CtNormalisation,
+        typer.Option(
+            "--ct-normalisation",
+            help="CT after the HU window: unit = scaled to [0, 1]; zscore = z-scored inside "
+            "the body, as the MRI channels.",
+            case_sensitive=False,
+        ),
+    ] = CtNormalisation.unit,
     format: FormatOption = None,
     clip: Annotated[
         str | None,
@@ -235,7 +277,8 @@ def prepare(
         ),
     ] = None,
 ) -> None:
-    """Orient, clip, normalise and crop every case into a memory-mappable cache (resumable)."""
+    """Orient, crop, resample, clip, N4-correct and normalise every case into a memory-mappable
+    cache (resumable)."""
     from braver.data.formats import discover
     from braver.preprocess import PrepareSettings, default_workers, prepare_dataset
 
@@ -244,12 +287,17 @@ def prepare(
         settings["clip_percentiles"] = _numbers(clip, 2, "--clip")
     if hu_window:
         settings["hu_window"] = _numbers(hu_window, 2, "--hu-window")
+    if spacing is not None:
+        settings["target_spacing_mm"] = spacing
     dataset = discover(data, format.value if format else None)
     if n4_channels is not None:  # checked against the dataset's channels by prepare_dataset
+        if n4 is False:
+            raise typer.BadParameter("--n4-channels names channels for N4; leave out --no-n4")
         settings["n4_channels"] = tuple(p for p in re.split(r"[,\s]+", n4_channels.strip()) if p)
         n4 = True
-    settings = PrepareSettings(n4=n4, **settings)
+    settings = PrepareSettings(n4=n4, ct_normalisation=ct_normalisation.value, **settings)
     console.print(f"{dataset.root}: {dataset.format}, {len(dataset)} case(s) → {out}")
+    print_notes(dataset.notes)
     report = prepare_dataset(
         dataset,
         out,
@@ -264,6 +312,10 @@ def prepare(
         f"{len(report.prepared)} prepared, {len(report.skipped)} up to date, "
         f"{len(report.failed)} failed; cache: [bold]{report.cache}[/]"
     )
+    n4_seconds = sum(o.n4_seconds for o in report.prepared)
+    if n4_seconds:
+        busy = sum(o.seconds for o in report.prepared)
+        console.print(f"N4 took {n4_seconds:.0f} s of the {busy:.0f} s spent on cases")
     if report.failed:
         raise BraverError(
             f"{len(report.failed)} of {len(dataset)} case(s) failed (see the table above; the "

@@ -54,6 +54,11 @@ class Case:
     scheme: LabelScheme
     modality: str  # "mri" | "ct"
     volume_index: tuple[int, ...] | None = None
+    #: channels whose file the dataset ships already N4-corrected (BRATS 2013 ``_N4ITK.mha``
+    #: when it is the only file of its modality): preprocessing does not correct them again
+    n4_corrected: tuple[str, ...] = ()
+    #: what the layout chose for this case that a user should hear about (one sentence each)
+    notes: tuple[str, ...] = ()
 
     @property
     def has_label(self) -> bool:
@@ -84,6 +89,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.cases)
+
+    @property
+    def notes(self) -> list[str]:
+        """Every case's notes (what the layout chose, e.g. which of two files it reads)."""
+        return [note for case in self.cases for note in case.notes]
 
     def __iter__(self) -> Iterator[Case]:
         return iter(self.cases)
@@ -157,7 +167,9 @@ class Layout:
     def cases(self, listing: _Listing) -> list[Case]:
         raise NotImplementedError
 
-    def _case(self, case_id, images, label, volume_index=None, scheme=None) -> Case:
+    def _case(
+        self, case_id, images, label, volume_index=None, scheme=None, n4_corrected=(), notes=()
+    ) -> Case:
         return Case(
             case_id=case_id,
             images=tuple(images),
@@ -167,6 +179,8 @@ class Layout:
             scheme=scheme or self.scheme,
             modality=self.modality,
             volume_index=volume_index,
+            n4_corrected=tuple(n4_corrected),
+            notes=tuple(notes),
         )
 
 
@@ -245,23 +259,35 @@ class BraTS2023(SuffixLayout):
 
 
 class BraTS2013(Layout):
-    """BRATS 2013 / 2015 MetaImage files, one sub-folder (or file) per modality and the truth."""
+    """BRATS 2013 / 2015 MetaImage files, one sub-folder (or file) per modality and the truth.
+
+    The challenge shipped some modalities twice, raw and N4-corrected (``…_N4ITK.mha``). With
+    both present, the raw file is read and the case carries a note saying so: braver applies
+    N4 itself, after the 1% clip, as the paper orders it (section 4). With only the
+    ``_N4ITK`` file, that file is read and the channel is listed in ``Case.n4_corrected``, so
+    preprocessing does not correct it a second time.
+    """
 
     name = "brats2013"
     scheme = BRATS_2013
     example = "<case>/VSD.Brain.XX.O.MR_{T1,T1c,T2,Flair}.<id>/….mha + VSD.Brain_3more.XX.XX.OT.<id>/….mha"
     _modality = re.compile(r"(?:^|\.)MR_(T1c|T1|T2|Flair)(?:\.|$)", re.IGNORECASE)
     _truth = re.compile(r"(?:^|\.)OT(?:\.|$)")
+    _n4itk = re.compile(r"[._]N4ITK(?=[._]|$)", re.IGNORECASE)
     _channel = {"t1": "t1", "t1c": "t1c", "t2": "t2", "flair": "flair"}
+    _names = {"t1": "T1", "t1c": "T1c", "t2": "T2", "flair": "Flair"}
 
-    def _parse(self, path: Path) -> str | None:
+    def _parse(self, path: Path) -> tuple[str, bool] | None:
+        """(channel or "label", whether the file is the challenge's N4ITK-corrected one)."""
         if not is_metaimage(path):
             return None
         stem = strip_suffix(path.name)
+        corrected = self._n4itk.search(stem) is not None
+        stem = self._n4itk.sub("", stem)
         if m := self._modality.search(stem):
-            return self._channel[m.group(1).lower()]
-        if self._truth.search(stem):
-            return "label"
+            return self._channel[m.group(1).lower()], corrected
+        if self._truth.search(stem) and not corrected:
+            return "label", False
         return None
 
     @staticmethod
@@ -270,35 +296,56 @@ class BraTS2013(Layout):
         return path.parent.parent if path.parent.name.startswith("VSD.") else path.parent
 
     def match(self, listing: _Listing) -> int:
-        return sum(1 for p in listing.images if self._parse(p) not in (None, "label"))
+        return sum(
+            1 for p in listing.images if (m := self._parse(p)) is not None and m[0] != "label"
+        )
 
     def cases(self, listing: _Listing) -> list[Case]:
-        groups: dict[Path, dict[str, Path]] = defaultdict(dict)
+        # folder → (kind, N4ITK?) → file
+        groups: dict[Path, dict[tuple[str, bool], Path]] = defaultdict(dict)
         for path in listing.images:
-            kind = self._parse(path)
-            if kind is None:
+            parsed = self._parse(path)
+            if parsed is None:
                 continue
             folder = self._case_folder(path)
-            if kind in groups[folder]:
+            if parsed in groups[folder]:
+                kind = parsed[0] + (" N4ITK" if parsed[1] else "")
                 raise BraverError(
-                    f"holds two {kind} files ({groups[folder][kind].name} and {path.name})",
+                    f"holds two {kind} files ({groups[folder][parsed].name} and {path.name})",
                     folder,
                     "keep one file per modality in each case folder",
                 )
-            groups[folder][kind] = path
+            groups[folder][parsed] = path
         ids = _unique_ids(list(groups), listing.root)
         cases = []
         for folder, files in groups.items():
+            images, corrected, notes = [], [], []
             for channel in self.channels:
-                if channel not in files:
-                    name = {"t1": "T1", "t1c": "T1c", "t2": "T2", "flair": "Flair"}[channel]
+                raw, n4itk = files.get((channel, False)), files.get((channel, True))
+                name = self._names[channel]
+                if raw is None and n4itk is None:
                     raise BraverError(
                         f"is missing its {channel.upper()} image (VSD.Brain.XX.O.MR_{name}.<id>.mha)",
                         folder,
                         "add the file, or move the incomplete case out of the dataset folder",
                     )
-            images = [files[c] for c in self.channels]
-            cases.append(self._case(ids[folder], images, files.get("label")))
+                if raw is not None and n4itk is not None:
+                    notes.append(
+                        f"{ids[folder]}: {name} is there raw ({raw.name}) and N4-corrected "
+                        f"({n4itk.name}); reading the raw file, which braver N4-corrects "
+                        "after the clip as the paper does"
+                    )
+                elif raw is None:
+                    corrected.append(channel)
+                    notes.append(
+                        f"{ids[folder]}: {name} is there only N4-corrected ({n4itk.name}); "
+                        "reading it without a second N4"
+                    )
+                images.append(raw if raw is not None else n4itk)
+            label = files.get(("label", False))
+            cases.append(
+                self._case(ids[folder], images, label, n4_corrected=corrected, notes=notes)
+            )
         return cases
 
 

@@ -39,6 +39,7 @@ def fingerprint(case: Case, settings: PrepareSettings) -> str:
         "format": case.format,
         "channels": list(case.channels),
         "volume_index": list(case.volume_index) if case.volume_index else None,
+        "n4_corrected": list(case.n4_corrected),
         "settings": settings.to_dict(),
         "version": PREPROCESS_VERSION,
     }
@@ -60,6 +61,7 @@ class CaseOutcome:
     status: str  # "prepared" | "skipped" | "failed"
     reason: str = ""
     seconds: float = 0.0
+    n4_seconds: float = 0.0  # of ``seconds``, in N4 bias-field correction
 
 
 @dataclass
@@ -69,6 +71,8 @@ class PrepareReport:
     cache: Path
     outcomes: list[CaseOutcome] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    #: what the dataset layout chose that a user should hear about (``Dataset.notes``)
+    notes: list[str] = field(default_factory=list)
 
     def _with(self, status: str) -> list[CaseOutcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -111,24 +115,29 @@ class PrepareReport:
 
 
 def _prepare_one(
-    case: Case, settings: PrepareSettings, out: str, fp: str
-) -> tuple[str, Any, float]:
-    """Worker: preprocess and write one case. Returns (status, meta or reason, seconds)."""
+    case: Case, settings: PrepareSettings, out: str, fp: str, on_step=None
+) -> tuple[str, Any, float, float]:
+    """Worker: preprocess and write one case.
+
+    Returns (status, meta or reason, seconds, seconds of N4).
+    """
     start = time.perf_counter()
     try:
-        prepared = preprocess_case(case, settings)
+        prepared = preprocess_case(case, settings, on_step)
         prepared.meta["fingerprint"] = fp
         write_case(out, case.case_id, prepared.image, prepared.label, prepared.meta)
-        return "prepared", prepared.meta, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        return "prepared", prepared.meta, seconds, prepared.seconds.get("n4", 0.0)
     except BraverError as error:
-        return "failed", str(error), time.perf_counter() - start
+        return "failed", str(error), time.perf_counter() - start, 0.0
     except MemoryError:
-        return "failed", f"{case.folder}: out of memory; prepare with fewer --workers.", 0.0
+        return "failed", f"{case.folder}: out of memory; prepare with fewer --workers.", 0.0, 0.0
     except Exception as error:  # a worker must report, not kill the whole run
         return (
             "failed",
             f"{case.folder}: {type(error).__name__}: {error}.",
             time.perf_counter() - start,
+            0.0,
         )
 
 
@@ -166,7 +175,7 @@ def prepare_dataset(
     if out.exists() and not out.is_dir():
         raise BraverError("exists and is not a folder", out, "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    report = PrepareReport(out)
+    report = PrepareReport(out, notes=list(dataset.notes))
 
     metas: dict[str, dict] = {}
     todo: list[tuple[Case, str]] = []
@@ -179,10 +188,13 @@ def prepare_dataset(
         else:
             todo.append((case, fp))
 
-    for case_id, status, result, seconds in _run(todo, settings, out, workers, progress, console):
+    n4_on = settings.n4_applies(dataset.modality)
+    for case_id, status, result, seconds, n4_seconds in _run(
+        todo, settings, out, workers, progress, console, n4_on
+    ):
         if status == "prepared":
             metas[case_id] = result
-            report.outcomes.append(CaseOutcome(case_id, "prepared", "", seconds))
+            report.outcomes.append(CaseOutcome(case_id, "prepared", "", seconds, n4_seconds))
         else:
             report.outcomes.append(CaseOutcome(case_id, "failed", result, seconds))
 
@@ -193,22 +205,29 @@ def prepare_dataset(
             dataset, [metas[c.case_id] for c in dataset.cases if c.case_id in metas], settings
         )
         report.summary["failed"] = {o.case_id: o.reason for o in report.failed}
+        report.summary["notes"] = report.notes
         write_summary(out, report.summary)
     return report
 
 
 def check_n4(settings: PrepareSettings, dataset: Dataset) -> None:
-    """N4 only on MRI, and only on channels the dataset has (else one sentence and the fix)."""
-    if not settings.n4:
+    """N4 only on MRI, and only on channels the dataset has (else one sentence and the fix).
+
+    ``n4=None`` (the default) is N4 on the channels of ``n4_channels`` that an MRI dataset
+    has, and no N4 on CT; ``n4=True`` asks for it, so CT or a missing channel is an error.
+    """
+    if settings.n4 is False:
         return
     if dataset.modality != "mri":
-        raise BraverError(
-            "N4 bias-field correction is for MRI, and this dataset is CT",
-            dataset.root,
-            "leave out --n4 and --n4-channels",
-        )
+        if settings.n4:
+            raise BraverError(
+                "N4 bias-field correction is for MRI, and this dataset is CT",
+                dataset.root,
+                "leave out --n4 and --n4-channels",
+            )
+        return
     unknown = [name for name in settings.n4_channels if name not in dataset.channels]
-    if unknown or not settings.n4_channels:
+    if settings.n4 and (unknown or not settings.n4_channels):
         raise BraverError(
             f"N4 channels {', '.join(unknown) or '(none)'} are not channels of this dataset",
             dataset.root,
@@ -216,8 +235,20 @@ def check_n4(settings: PrepareSettings, dataset: Dataset) -> None:
         )
 
 
-def _run(todo, settings, out, workers, progress, console):
-    """Yield (case_id, status, meta-or-reason, seconds) as cases finish, with a progress bar."""
+class _CaseStep:
+    """Shows a case's slow step ("BraTS_001: N4 t1c") in the bar while it runs (one worker)."""
+
+    def __init__(self, bar, task, case_id: str):
+        self.bar, self.task, self.case_id = bar, task, case_id
+
+    def __call__(self, text: str) -> None:
+        self.bar.update(self.task, now=f"{self.case_id}: {text}")
+
+
+def _run(todo, settings, out, workers, progress, console, n4_on=False):
+    """Yield (case_id, status, meta-or-reason, seconds, N4 seconds) as cases finish, with a
+    progress bar whose last column shows the N4 time so far (and, with one worker, the
+    case and channel being corrected)."""
     if not todo:
         return
     from rich.progress import (
@@ -229,25 +260,36 @@ def _run(todo, settings, out, workers, progress, console):
         TimeRemainingColumn,
     )
 
-    bar = Progress(
+    columns = [
         TextColumn("[bold]prepare[/]"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[last]}"),
-        console=console,
-        disable=not progress,
-        transient=False,
-    )
+    ]
+    if n4_on:
+        columns.append(TextColumn("N4 {task.fields[n4]:.0f} s of {task.fields[busy]:.0f} s"))
+    columns.append(TextColumn("{task.fields[now]}"))
+    bar = Progress(*columns, console=console, disable=not progress, transient=False)
     workers = max(1, min(int(workers), len(todo)))
+    totals = {"n4": 0.0, "busy": 0.0}
+
+    def done(task, case, seconds, n4_seconds):
+        totals["n4"] += n4_seconds
+        totals["busy"] += seconds
+        bar.update(task, advance=1, now=case.case_id, **totals)
+
     with bar:
-        task = bar.add_task("prepare", total=len(todo), last="")
+        task = bar.add_task("prepare", total=len(todo), now="", **totals)
         if workers == 1:
             for case, fp in todo:
-                status, result, seconds = _prepare_one(case, settings, str(out), fp)
-                bar.update(task, advance=1, last=case.case_id)
-                yield case.case_id, status, result, seconds
+                bar.update(task, now=case.case_id)
+                step = _CaseStep(bar, task, case.case_id) if progress else None
+                status, result, seconds, n4_seconds = _prepare_one(
+                    case, settings, str(out), fp, step
+                )
+                done(task, case, seconds, n4_seconds)
+                yield case.case_id, status, result, seconds, n4_seconds
             return
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -264,15 +306,16 @@ def _run(todo, settings, out, workers, progress, console):
                 for future in as_completed(futures):
                     case = futures[future]
                     try:
-                        status, result, seconds = future.result()
+                        status, result, seconds, n4_seconds = future.result()
                     except Exception as error:  # the worker process died (e.g. killed for memory)
-                        status, result, seconds = (
+                        status, result, seconds, n4_seconds = (
                             "failed",
                             f"{case.folder}: worker failed ({error}).",
                             0.0,
+                            0.0,
                         )
-                    bar.update(task, advance=1, last=case.case_id)
-                    yield case.case_id, status, result, seconds
+                    done(task, case, seconds, n4_seconds)
+                    yield case.case_id, status, result, seconds, n4_seconds
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise

@@ -12,7 +12,10 @@ from typing import Any
 from braver.errors import BraverError
 
 # Bump when the arrays written for the same input and settings change.
-PREPROCESS_VERSION = 1
+# 2: the paper's order (clip, then N4, then z-score; N4 ran before the clip in 1).
+PREPROCESS_VERSION = 2
+
+CT_NORMALISATIONS = ("unit", "zscore")
 
 
 @dataclass
@@ -20,12 +23,19 @@ class PrepareSettings:
     """What ``braver data prepare`` does to every case; part of each case's fingerprint."""
 
     clip_percentiles: tuple[float, float] = (1.0, 99.0)  # MRI, of foreground intensities
-    n4: bool = False  # N4 bias-field correction (MRI only)
-    n4_channels: tuple[str, ...] = ("t1", "t1c")
+    # N4 bias-field correction, after the clip (the paper, section 4). None: on for MRI, never
+    # for CT; True asks for it (an error on CT); False: off.
+    n4: bool | None = None
+    n4_channels: tuple[str, ...] = ("t1", "t1c")  # the paper's; with n4=None, those present
     n4_shrink: int = 4  # N4 runs on a grid shrunk by this factor; the field is applied in full
-    hu_window: tuple[float, float] = (-200.0, 300.0)  # CT: clipped to this and scaled to [0, 1]
+    hu_window: tuple[float, float] = (-200.0, 300.0)  # CT: clipped to this window, then ...
+    # ... "unit": scaled to [0, 1] (low → 0); "zscore": z-scored inside the body, as MRI
+    ct_normalisation: str = "unit"
     body_threshold_hu: float = -500.0  # CT foreground: voxels above this (air is about -1000)
-    crop_margin: int = 0  # voxels kept around the foreground box on every side
+    crop_margin: int = 0  # voxels kept around the foreground box on every side (file grid)
+    # in-plane (Y, X) voxel size of the cached arrays, mm; None keeps the file's spacing.
+    # Slices (Z) are never resampled: the networks see axial 2D patches.
+    target_spacing_mm: float | None = None
 
     def __post_init__(self) -> None:
         self.clip_percentiles = tuple(float(p) for p in self.clip_percentiles)
@@ -42,6 +52,27 @@ class PrepareSettings:
             )
         if self.crop_margin < 0 or self.n4_shrink < 1:
             raise BraverError("crop_margin must be >= 0 and n4_shrink >= 1")
+        if self.n4 is not None and not isinstance(self.n4, bool):
+            raise BraverError(f"n4 = {self.n4!r} must be true, false or left out (MRI: on)")
+        if self.ct_normalisation not in CT_NORMALISATIONS:
+            raise BraverError(
+                f"ct_normalisation = {self.ct_normalisation!r} is not a CT normalisation",
+                None,
+                f"choose one of: {', '.join(CT_NORMALISATIONS)}",
+            )
+        if self.target_spacing_mm is not None:
+            if isinstance(self.target_spacing_mm, bool) or not self.target_spacing_mm > 0:
+                raise BraverError(
+                    f"target_spacing_mm = {self.target_spacing_mm!r} must be a positive number "
+                    "of millimetres",
+                    None,
+                    "e.g. 1.0 for brain MRI, or leave it out to keep the file's spacing",
+                )
+            self.target_spacing_mm = float(self.target_spacing_mm)
+
+    def n4_applies(self, modality: str) -> bool:
+        """Whether N4 runs on a dataset of ``modality`` ("mri" | "ct")."""
+        return modality == "mri" and self.n4 is not False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -58,4 +89,4 @@ class PrepareSettings:
         return cls(**data)
 
 
-__all__ = ["PREPROCESS_VERSION", "PrepareSettings"]
+__all__ = ["PREPROCESS_VERSION", "CT_NORMALISATIONS", "PrepareSettings"]

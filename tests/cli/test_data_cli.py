@@ -86,13 +86,16 @@ def test_prepare_with_n4_channels(brain, tmp_path):
     assert result.exit_code == 0, result.output
     settings = json.loads((tmp_path / "cache" / "summary.json").read_text())["settings"]
     assert settings["n4"] is True and settings["n4_channels"] == ["t1", "t2", "flair"]
-    plain = invoke("prepare", brain, "--out", tmp_path / "plain", "--workers", 1)
+    plain = invoke("prepare", brain, "--out", tmp_path / "plain", "--workers", 1, "--no-n4")
     assert plain.exit_code == 0, plain.output
     case = "PhantomBrain_00000"
     corrected = np.load(tmp_path / "cache" / "cases" / case / "image.npy")
     untouched = np.load(tmp_path / "plain" / "cases" / case / "image.npy")
     np.testing.assert_array_equal(corrected[1], untouched[1])  # t1c is left alone
     assert not np.array_equal(corrected[3], untouched[3])  # flair is corrected
+
+    settings = json.loads((tmp_path / "plain" / "summary.json").read_text())["settings"]
+    assert settings["n4"] is False
 
     bad = invoke("prepare", brain, "--out", tmp_path / "bad", "--n4-channels", "t1,pd")
     assert_clean_error(bad, str(brain), "N4 channels pd", "t1, t1c, t2, flair")
@@ -275,3 +278,45 @@ def test_synth_realistic_difficulty(tmp_path):
     )
     bad = invoke("synth", "brain", tmp_path / "b", "--cases", 1, "--difficulty", "hard")
     assert bad.exit_code == 2 and not (tmp_path / "b").exists()
+
+
+def test_prepare_defaults_to_n4_and_takes_spacing(brain, tmp_path):
+    result = invoke("prepare", brain, "--out", tmp_path / "cache", "--workers", 1, "--spacing", 2)
+    assert result.exit_code == 0, result.output
+    assert "N4 took" in result.output
+    summary = json.loads((tmp_path / "cache" / "summary.json").read_text())
+    assert summary["settings"]["n4"] is None and summary["settings"]["target_spacing_mm"] == 2.0
+    meta = json.loads(
+        (tmp_path / "cache" / "cases" / "PhantomBrain_00000" / "meta.json").read_text()
+    )
+    assert [s["n4"] for s in meta["channel_stats"]] == [True, True, False, False]
+    assert meta["spacing_zyx"][1:] == pytest.approx([2.0, 2.0], abs=0.1)
+    both = invoke("prepare", brain, "--out", tmp_path / "x", "--no-n4", "--n4-channels", "t1")
+    assert both.exit_code == 2 and "leave out --no-n4" in " ".join(both.output.split())
+
+
+def test_prepare_ct_zscore(tmp_path):
+    result = invoke("synth", "liver", tmp_path / "liver", "--cases", 1, "--shape", TINY)
+    assert result.exit_code == 0, result.output
+    args = ["--out", tmp_path / "cache", "--ct-normalisation", "zscore", "--workers", 1]
+    result = invoke("prepare", tmp_path / "liver", *args)
+    assert result.exit_code == 0, result.output
+    assert "N4 took" not in result.output
+    summary = json.loads((tmp_path / "cache" / "summary.json").read_text())
+    assert summary["settings"]["ct_normalisation"] == "zscore"
+    assert summary["mean"] == pytest.approx([0.0], abs=1e-6)
+    assert summary["std"] == pytest.approx([1.0], abs=1e-6)
+
+
+def test_brats2013_notes_are_printed(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "data" / "fixture_layouts.py"
+    spec = importlib.util.spec_from_file_location("braver_test_fixture_layouts", path)
+    layouts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layouts)
+    layouts.write_brats2013(tmp_path / "data", "HG/0001", seed=1, n4itk=("t1",))
+    result = invoke("inspect", tmp_path / "data")
+    assert result.exit_code == 0, result.output
+    assert "note: 0001: T1 is there raw" in " ".join(result.output.split())

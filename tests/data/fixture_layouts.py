@@ -76,8 +76,15 @@ def write_brats2023(root: Path, case_id="BraTS-GLI-00001-000", seed=0, label=Tru
     return folder
 
 
-def write_brats2013(root: Path, case="HG/0001", seed=0, label=True, ids=54512):
-    """Image_Data/HG/0001/VSD.Brain.XX.O.MR_Flair.54512/VSD.Brain.XX.O.MR_Flair.54512.mha …"""
+def write_brats2013(
+    root: Path, case="HG/0001", seed=0, label=True, ids=54512, n4itk=(), raw=True
+) -> Path:
+    """Image_Data/HG/0001/VSD.Brain.XX.O.MR_Flair.54512/VSD.Brain.XX.O.MR_Flair.54512.mha …
+
+    ``n4itk``: channels that also get the challenge's N4-corrected file (``…54513_N4ITK.mha``,
+    beside the raw one, values + 1 so a test can tell them apart); with ``raw=False`` those
+    channels have only the N4ITK file.
+    """
     folder = root / case
     channels, seg = brain_arrays(seed, values=(0, 1, 2, 4))
     seg[5, 5, 3] = 3  # BRATS 2013 has a non-enhancing class
@@ -85,7 +92,12 @@ def write_brats2013(root: Path, case="HG/0001", seed=0, label=True, ids=54512):
     for offset, name in enumerate(("flair", "t1", "t1c", "t2")):
         stem = f"VSD.Brain.XX.O.MR_{names[name]}.{ids + offset}"
         (folder / stem).mkdir(parents=True, exist_ok=True)
-        save_metaimage(channels[name].astype(np.int16), LPS, folder / stem / f"{stem}.mha")
+        data = channels[name].astype(np.int16)
+        if raw or name not in n4itk:
+            save_metaimage(data, LPS, folder / stem / f"{stem}.mha")
+        if name in n4itk:
+            corrected = np.where(data != 0, data + 1, 0).astype(np.int16)
+            save_metaimage(corrected, LPS, folder / stem / f"{stem}_N4ITK.mha")
     if label:
         stem = f"VSD.Brain_3more.XX.XX.OT.{ids + 5}"
         (folder / stem).mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from fixture_layouts import (
+    brain_arrays,
     write_brats2013,
     write_brats2021,
     write_brats2023,
@@ -262,3 +263,46 @@ def test_bad_dataset_json(tmp_path):
     (task / "dataset.json").write_text("{not json")
     with pytest.raises(BraverError, match="could not be read as JSON"):
         discover(task)
+
+
+def test_brats2013_raw_and_n4itk_files_read_the_raw_one_and_say_so(tmp_path):
+    write_brats2013(tmp_path, "HG/0001", seed=1, n4itk=("t1", "t1c"))
+    write_brats2013(tmp_path, "HG/0002", seed=2, ids=60000)
+    dataset = discover(tmp_path)  # before: "holds two t1 files"
+    case = dataset.cases[0]
+    assert [p.name for p in case.images[:2]] == [
+        "VSD.Brain.XX.O.MR_T1.54513.mha",
+        "VSD.Brain.XX.O.MR_T1c.54514.mha",
+    ]
+    assert case.n4_corrected == ()
+    assert len(dataset.notes) == 2 and dataset.cases[1].notes == ()
+    assert dataset.notes[0].startswith("0001: T1 is there raw (VSD.Brain.XX.O.MR_T1.54513.mha)")
+    assert "VSD.Brain.XX.O.MR_T1.54513_N4ITK.mha" in dataset.notes[0]
+    assert "reading the raw file" in dataset.notes[0]
+
+
+def test_brats2013_only_n4itk_file_is_read_without_a_second_n4(tmp_path):
+    write_brats2013(tmp_path, "HG/0001", seed=1, n4itk=("t1c",), raw=False)
+    dataset = discover(tmp_path)
+    case = dataset.cases[0]
+    assert case.images[1].name == "VSD.Brain.XX.O.MR_T1c.54514_N4ITK.mha"
+    assert case.n4_corrected == ("t1c",)
+    assert dataset.notes == [
+        "0001: T1c is there only N4-corrected (VSD.Brain.XX.O.MR_T1c.54514_N4ITK.mha); "
+        "reading it without a second N4"
+    ]
+    raw = read_case(case)
+    channels, _ = brain_arrays(1)
+    inside = channels["t1c"] != 0
+    np.testing.assert_array_equal(
+        raw.channels[1][inside], channels["t1c"][inside].astype(np.int16) + 1
+    )
+
+
+def test_brats2013_two_raw_files_of_one_modality_still_stop(tmp_path):
+    folder = write_brats2013(tmp_path, "HG/0001", seed=1)
+    stem = "VSD.Brain.XX.O.MR_T2.54515"
+    copy = folder / stem / f"{stem}.copy.mha"
+    copy.write_bytes((folder / stem / f"{stem}.mha").read_bytes())
+    with pytest.raises(BraverError, match="holds two t2 files"):
+        discover(tmp_path)

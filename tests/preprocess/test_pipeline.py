@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 
 import numpy as np
 import pytest
 from fixture_layouts import (
+    write_brats2013,
     write_brats2021,
     write_brats2023,
+    write_lits,
 )
 
 from braver.data.cache import Cache
@@ -157,3 +161,51 @@ def test_n4_settings_are_checked_against_the_dataset(brats2021, tmp_path):
     with pytest.raises(BraverError, match=r"N4 channels adc .*choose --n4-channels among t1, t1c"):
         prepare_dataset(brats2021, tmp_path / "cache", settings, progress=False)
     assert not (tmp_path / "cache").exists()  # refused before anything is written
+
+
+def test_n4_by_default_on_mri_with_its_time_in_the_report_and_the_bar(brats2021, tmp_path):
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=160)
+    report = prepare_dataset(brats2021, tmp_path / "cache", console=console, workers=1)
+    assert [o.status for o in report.outcomes] == ["prepared", "prepared"]
+    assert all(0 < o.n4_seconds < o.seconds for o in report.prepared)
+    assert re.search(r"N4 \d+ s of \d+ s", console.file.getvalue())
+    summary = Cache.open(tmp_path / "cache").summary
+    assert summary["settings"]["n4"] is None and summary["preprocess_version"] == 2
+
+
+def test_each_slow_step_is_announced(brats2021):
+    steps = []
+    preprocess_case(
+        discover(brats2021).cases[0], PrepareSettings(target_spacing_mm=0.5), steps.append
+    )
+    assert steps == ["resample to 0.5 mm", "N4 t1", "N4 t1c"]
+
+
+def test_ct_gets_no_n4_and_asking_for_it_is_an_error(tmp_path):
+    write_lits(tmp_path / "ct")
+    report = prepare_dataset(tmp_path / "ct", tmp_path / "cache", progress=False)
+    assert not report.failed and report.prepared[0].n4_seconds == 0
+    with pytest.raises(BraverError, match="N4 bias-field correction is for MRI"):
+        prepare_dataset(
+            tmp_path / "ct", tmp_path / "cache", PrepareSettings(n4=True), progress=False
+        )
+
+
+def test_layout_notes_reach_the_report_and_the_summary(tmp_path):
+    write_brats2013(tmp_path / "data", "HG/0001", seed=1, n4itk=("t1",))
+    report = prepare_dataset(tmp_path / "data", tmp_path / "cache", progress=False)
+    assert len(report.notes) == 1 and "reading the raw file" in report.notes[0]
+    assert Cache.open(tmp_path / "cache").summary["notes"] == report.notes
+    assert Cache.open(tmp_path / "cache").case("0001").meta["notes"] == report.notes
+
+
+def test_new_settings_round_trip_and_old_ones_still_load():
+    settings = PrepareSettings(ct_normalisation="zscore", target_spacing_mm=1.5, n4=False)
+    assert PrepareSettings.from_dict(settings.to_dict()) == settings
+    # a run recorded before these keys existed: no N4 asked, no resampling, [0, 1] CT
+    old = PrepareSettings.from_dict({"n4": False, "n4_channels": ["t1", "t1c"], "crop_margin": 0})
+    assert old.target_spacing_mm is None and old.ct_normalisation == "unit" and old.n4 is False
+    with pytest.raises(BraverError, match="target_spacing_mm = -1.0 must be a positive"):
+        PrepareSettings(target_spacing_mm=-1.0)

@@ -45,7 +45,7 @@ def main() -> None:
     from braver.data.phantoms import default_phantom_cache
     from braver.preprocess import PrepareSettings, default_workers, prepare_dataset
     from braver.recipe import load_recipe
-    from braver.train.loop import train_from_recipe
+    from braver.train import train_from_recipe
 
     if args.threads:
         torch.set_num_threads(args.threads)

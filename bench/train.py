@@ -68,7 +68,7 @@ def gpu_gather_rate(cache, batches: int = 50) -> float | None:
 
     if not torch.cuda.is_available():
         return None
-    from braver.data.blocks import DeviceVolumes, PatchGeometry
+    from braver.data.patches import DeviceVolumes, PatchGeometry
     from braver.data.sampling import PatchSampler
 
     geometry = PatchGeometry((33, 65), 1)

@@ -1,272 +1,121 @@
-"""Multi-scale patch batches for fastai: centre indices in, (input_1, …, input_n, label) out.
+"""fastai blocks for multi-scale patches: a stock ``DataBlock`` → ``DataLoaders`` of patch batches.
 
-The fast path that fastai's per-item pipeline cannot give (about 75 µs per item): the items
-of an epoch are patch centres ``(case, z, y, x)`` drawn by ``braver.data.sampling``; a
-``PatchDL`` (a small ``TfmdDL``) hands out each batch as one index tensor, and the batch
-transform ``GatherPatches`` cuts every patch of the batch at once — from the memory-mapped
-cache on the CPU (``MappedVolumes``), or from volumes kept on the GPU (``DeviceVolumes``).
+A user composes them the fastai way::
 
-Geometry. A model takes input ``i`` of side ``input_sizes[i] + k - 1`` and labels ``k x k``
-pixels (``k = 1`` is the paper's patch mode). One tile of side ``T = max(input_sizes) + k - 1``
-is gathered per centre; its ``k x k`` label block starts ``max(input_sizes) // 2`` pixels in,
-and the centre pixel ``(y, x)`` is the block's element ``(k // 2, k // 2)``. Input ``i`` is the
-crop starting ``M // 2 - s // 2`` in (``braver.models.crop_inputs``: a patch of side ``s``
-covers ``[c - s // 2, c - s // 2 + s)`` around its centre ``c``). Everything outside the cached volume reads as 0 (the cache
-is zero outside the foreground), so centres near borders are padded, never dropped.
+    dblock = DataBlock(
+        blocks=(MultiScalePatchBlock((33, 65)), PatchMaskBlock),
+        get_items=labelled_cases,
+        splitter=CaseSplitter(valid_pct=0.2, seed=0),
+    )
+    dls = dblock.dataloaders(cache, bs=128, patches_per_epoch=100_000)
+    dls.show_batch()
+
+(``patch_datablock(...)`` builds exactly this.) The items of the ``DataBlock`` are *cases*
+(``CachedCase``), so the split is by case. Patches are not items: every epoch, a ``PatchDL``
+draws its centres ``(case, z, y, x)`` afresh from its cases (``balanced`` or ``natural``,
+``braver.data.sampling``) and hands each batch to the ``GatherPatches`` batch transform as one
+index tensor, which cuts every patch of the batch at once (``braver.data.patches``). fastai's
+per-item pipeline (about 75 µs an item) never runs on the training path.
+
+Batches are ``(TensorPatch, …, TensorPatchMask)``: one input per scale (local first), aligned on
+the same centre pixel, then the ``k × k`` label block. The typed tensors know how to show
+themselves, so ``dls.show_batch()`` draws every scale with its label block outlined and
+``learn.show_results()`` draws truth beside prediction.
+
+The training split (``split_idx == 0``) draws new centres every epoch and applies ``augment``;
+the validation split and ``dls.test_dl(cases)`` draw ``valid_patches`` centres once (seeded).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import DataLoaders, TfmdDL
+from fastai.torch_core import TensorImage, TensorMask
 from fasttransform import Transform
-from numpy.lib.stride_tricks import sliding_window_view
 
-from braver.data.cache import Cache
-from braver.data.sampling import PatchSampler
+from braver.data.cache import Cache, CachedCase
+from braver.data.patches import (
+    Augment,
+    PatchGeometry,
+    balanced_weights,
+    make_volumes,
+    symmetric,
+)
+from braver.data.sampling import PatchSampler, split_cases
+from braver.errors import BraverError
 
+__all__ = [
+    "CaseSplitter",
+    "GatherPatches",
+    "MultiScalePatchBlock",
+    "PatchDL",
+    "PatchMaskBlock",
+    "TensorPatch",
+    "TensorPatchMask",
+    "labelled_cases",
+    "patch_datablock",
+    "patch_dataloaders",
+    "set_sampling",
+]
 
-@dataclass(frozen=True)
-class PatchGeometry:
-    """Sides of the gathered tile, of each input and of the label block."""
-
-    input_sizes: tuple[int, ...]
-    tile: int = 1  # k
-
-    @property
-    def side(self) -> int:
-        return max(self.input_sizes) + self.tile - 1
-
-    @property
-    def label_offset(self) -> int:
-        """Offset of the label block inside the tile (rows and columns)."""
-        return max(self.input_sizes) // 2
-
-    @property
-    def corner_shift(self) -> int:
-        """Tile top-left = centre - corner_shift."""
-        return self.label_offset + self.tile // 2
-
-    def crop_inputs(self, tiles: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Centre crops of side ``s + k - 1`` for every input size ``s`` (local first)."""
-        out = []
-        for size in self.input_sizes:
-            side = size + self.tile - 1
-            start = self.label_offset - size // 2
-            out.append(tiles[..., start : start + side, start : start + side])
-        return tuple(out)
+# label colours for overlays: background transparent, then red, green, yellow, blue, …
+_COLOURS = np.array(
+    [[0, 0, 0, 0], [1, 0.2, 0.2, 0.55], [0.2, 0.9, 0.2, 0.45], [1, 0.9, 0.1, 0.55], [0.2, 0.5, 1, 0.5]]
+)
 
 
-def gather_windows(
-    volume: np.ndarray,
-    z: np.ndarray,
-    y0: np.ndarray,
-    x0: np.ndarray,
-    side: int,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """Windows ``volume[:, z, y0:y0+side, x0:x0+side]`` for every row at once, zero outside.
+class TensorPatch(TensorImage):
+    """One scale of a multi-scale patch batch: (B, C, S, S), z-scored (or CT-windowed) values."""
 
-    ``volume`` (C, Z, Y, X) (a memory map is fine); returns (n, C, side, side), written into
-    ``out`` when given (any dtype: the values are cast on the way). Windows fully inside are
-    copied through a strided view; the others from a zero-padded copy of just the slices they
-    touch. No Python loop over windows.
-    """
-    volume = np.asarray(volume)
-    channels, _, height, width = volume.shape
-    if out is None:
-        out = np.empty((len(z), channels, side, side), dtype=volume.dtype)
-    inside = (y0 >= 0) & (x0 >= 0) & (y0 + side <= height) & (x0 + side <= width)
-    all_inside = bool(inside.all())
-    if inside.any():
-        # (Z, Y', X', C, side, side): one fancy index copies a (C, side, side) block per row
-        windows = sliding_window_view(volume, (side, side), axis=(2, 3)).transpose(1, 2, 3, 0, 4, 5)
-        if all_inside:
-            out[...] = windows[z, y0, x0]
-            return out
-        out[inside] = windows[z[inside], y0[inside], x0[inside]]
-    # windows that cross the border: zero-pad just the slices they touch, just enough
-    border = ~inside
-    zb, yb, xb = z[border], y0[border], x0[border]
-    slices, slice_of_row = np.unique(zb, return_inverse=True)
-    low = max(0, int(-yb.min()), int(-xb.min()))
-    high = max(0, int((yb + side - height).max()), int((xb + side - width).max()))
-    canvas = np.zeros(
-        (channels, len(slices), height + low + high, width + low + high), dtype=volume.dtype
-    )
-    canvas[:, :, low : low + height, low : low + width] = volume[:, slices]
-    windows = sliding_window_view(canvas, (side, side), axis=(2, 3)).transpose(1, 2, 3, 0, 4, 5)
-    out[border] = windows[slice_of_row, yb + low, xb + low]
-    return out
+    def show(self, ctx=None, channel: int = -1, title: str | None = None, **kwargs):
+        import matplotlib.pyplot as plt
+
+        image = self.detach().cpu().float()
+        if image.dim() == 3:
+            image = image[channel]
+        ax = ctx if ctx is not None else plt.subplots(figsize=(2.5, 2.5))[1]
+        ax.imshow(image.numpy(), cmap="gray")
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title, fontsize=8)
+        return ax
 
 
-class MappedVolumes:
-    """Cases read through memory maps: memory stays flat however many cases there are."""
+class TensorPatchMask(TensorMask):
+    """Label blocks of a patch batch: (B, k, k) class indices (k = 1 in the paper's patch mode)."""
 
-    def __init__(self, cache: Cache, case_ids: Sequence[str]):
-        cases = [cache.case(c) for c in case_ids]
-        self.images = [c.image for c in cases]
-        self.labels = [c.label for c in cases]
-        self.channels = self.images[0].shape[0]
+    def show(self, ctx=None, side: int | None = None, title: str | None = None, **kwargs):
+        """Overlay the label block centred in an axis of ``side`` pixels (the patch's)."""
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
 
-    def gather(self, centres: torch.Tensor, geometry: PatchGeometry):
-        """(B, 4) centres → tiles (B, C, T, T) float32, labels (B, k, k) int64 (CPU tensors).
-
-        Rows are grouped by case (one vectorised gather per case present), so the batch
-        comes back ordered by case; centres and labels stay paired.
-        """
-        rows = centres.cpu().numpy()
-        rows = rows[np.argsort(rows[:, 0], kind="stable")]
-        side, k = geometry.side, geometry.tile
-        tiles = np.empty((len(rows), self.channels, side, side), dtype=self.images[0].dtype)
-        labels = np.empty((len(rows), 1, k, k), dtype=np.uint8)
-        cases, starts = np.unique(rows[:, 0], return_index=True)
-        ends = np.append(starts[1:], len(rows))
-        for i, a, b in zip(cases, starts, ends, strict=True):
-            z, y, x = rows[a:b, 1], rows[a:b, 2], rows[a:b, 3]
-            shift = geometry.corner_shift
-            gather_windows(self.images[i], z, y - shift, x - shift, side, out=tiles[a:b])
-            label = self.labels[i][None]
-            gather_windows(label, z, y - k // 2, x - k // 2, k, out=labels[a:b])
-        return torch.from_numpy(tiles).float(), torch.from_numpy(labels[:, 0]).long()
-
-
-class DeviceVolumes:
-    """Every case zero-padded and flattened into one tensor on ``device`` (the GPU path).
-
-    Gathering is one ``torch.take`` with broadcast flat indices for the whole batch.
-    """
-
-    def __init__(self, cache: Cache, case_ids: Sequence[str], pad: int, device="cpu"):
-        cases = [cache.case(c) for c in case_ids]
-        self.pad = pad
-        self.device = torch.device(device)
-        images, labels, shapes, starts = [], [], [], []
-        offset = 0
-        for case in cases:
-            image = torch.from_numpy(np.array(case.image))
-            image = torch.nn.functional.pad(image, (pad, pad, pad, pad))
-            label = torch.from_numpy(np.array(case.label))
-            label = torch.nn.functional.pad(label[None], (pad, pad, pad, pad))[0]
-            shapes.append(image.shape)
-            starts.append(offset)
-            offset += image.numel()
-            images.append(image.reshape(-1).to(self.device))
-            labels.append(label.reshape(-1).to(self.device))
-        self.image = torch.cat(images)
-        # the label of a voxel sits at the same flat position within its channel-0 block
-        self.label_blocks = labels
-        label_starts = np.cumsum([0] + [lab.numel() for lab in labels[:-1]])
-        self.label = torch.cat(labels)
-        shapes = np.asarray(shapes, dtype=np.int64)  # (cases, 4): C, Z, Yp, Xp
-        self.channels = int(shapes[0, 0])
-        self.strides = torch.as_tensor(
-            np.stack(
-                [
-                    shapes[:, 1] * shapes[:, 2] * shapes[:, 3],  # channel
-                    shapes[:, 2] * shapes[:, 3],  # slice
-                    shapes[:, 3],  # row
-                ],
-                axis=1,
-            ),
-            device=self.device,
+        labels = self.detach().cpu().long().numpy()
+        ax = ctx if ctx is not None else plt.subplots(figsize=(2.5, 2.5))[1]
+        k = labels.shape[-1]
+        side = side or k
+        start = side // 2 - k // 2
+        rgba = _COLOURS[np.clip(labels, 0, len(_COLOURS) - 1)]
+        extent = (start - 0.5, start + k - 0.5, start + k - 0.5, start - 0.5)
+        ax.imshow(rgba, extent=extent, interpolation="nearest")
+        ax.add_patch(
+            Rectangle((start - 0.5, start - 0.5), k, k, fill=False, edgecolor="white", lw=0.8)
         )
-        self.starts = torch.as_tensor(np.asarray(starts), device=self.device)
-        self.label_starts = torch.as_tensor(label_starts, device=self.device)
-
-    def gather(self, centres: torch.Tensor, geometry: PatchGeometry):
-        centres = centres.to(self.device)
-        side, k = geometry.side, geometry.tile
-        case, z, y, x = centres.unbind(1)
-        stride_c, stride_z, stride_y = self.strides[case].unbind(1)
-        steps = torch.arange(side, device=self.device)
-        top = y + self.pad - geometry.corner_shift
-        left = x + self.pad - geometry.corner_shift
-        base = self.starts[case] + z * stride_z + top * stride_y + left  # (B,)
-        channels = torch.arange(self.channels, device=self.device)
-        index = (
-            base[:, None, None, None]
-            + channels[None, :, None, None] * stride_c[:, None, None, None]
-            + steps[None, None, :, None] * stride_y[:, None, None, None]
-            + steps[None, None, None, :]
-        )
-        tiles = torch.take(self.image, index).float()
-        lsteps = torch.arange(k, device=self.device)
-        lbase = (
-            self.label_starts[case]
-            + z * stride_z
-            + (y + self.pad - k // 2) * stride_y
-            + (x + self.pad - k // 2)
-        )
-        lindex = (
-            lbase[:, None, None]
-            + lsteps[None, :, None] * stride_y[:, None, None]
-            + lsteps[None, None, :]
-        )
-        labels = torch.take(self.label, lindex).long()
-        return tiles, labels
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training-time augmentation of whole tiles, applied to the batch at once.
-
-    ``flip``: each tile (and its label block) is mirrored left-right and up-down and
-    transposed at random (the 8 symmetries of the square), only when every input size is
-    odd (the label block then sits symmetrically in the tile, so the pairs stay aligned).
-    ``intensity``: each channel of each tile is scaled by U(1 − a, 1 + a) and shifted by
-    U(−a, a) (z-scored units) inside the foreground; 0 = off.
-    """
-
-    flip: bool = False
-    intensity: float = 0.0
-
-    @property
-    def active(self) -> bool:
-        return self.flip or self.intensity > 0
-
-    def __call__(
-        self,
-        tiles: torch.Tensor,
-        labels: torch.Tensor,
-        geometry: PatchGeometry,
-        generator: torch.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(tiles)
-        if self.flip and symmetric(geometry):
-            for dims in ((-1,), (-2,)):
-                pick = torch.rand(n, generator=generator) < 0.5
-                tiles = _where_rows(pick, tiles.flip(dims), tiles)
-                labels = _where_rows(pick, labels.flip(dims), labels)
-            pick = torch.rand(n, generator=generator) < 0.5
-            tiles = _where_rows(pick, tiles.transpose(-1, -2), tiles)
-            labels = _where_rows(pick, labels.transpose(-1, -2), labels)
-        if self.intensity > 0:
-            a = self.intensity
-            channels = tiles.shape[1]
-            scale = 1 + a * (2 * torch.rand(n, channels, 1, 1, generator=generator) - 1)
-            shift = a * (2 * torch.rand(n, channels, 1, 1, generator=generator) - 1)
-            inside = (tiles != 0).any(dim=1, keepdim=True)
-            tiles = torch.where(inside, tiles * scale.to(tiles) + shift.to(tiles), tiles)
-        return tiles.contiguous(), labels.contiguous()
-
-
-def symmetric(geometry: PatchGeometry) -> bool:
-    """Whether mirroring a tile keeps every input crop and the label block in place."""
-    return all(size % 2 == 1 for size in geometry.input_sizes)
-
-
-def _where_rows(pick: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    pick = pick.to(a.device).reshape(-1, *([1] * (a.dim() - 1)))
-    return torch.where(pick, a, b)
+        ax.set_xlim(-0.5, side - 0.5)
+        ax.set_ylim(side - 0.5, -0.5)
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title, fontsize=8)
+        return ax
 
 
 class GatherPatches(Transform):
-    """Batch transform: a (B, 4) tensor of centres → (input_1, …, input_n, label).
+    """Batch transform: (B, 4) centres → ``(TensorPatch × n_scales, TensorPatchMask)``.
 
     ``augment`` (training loaders only) transforms the gathered tiles (``Augment``), drawing
     from a generator seeded with ``seed``.
@@ -274,13 +123,7 @@ class GatherPatches(Transform):
 
     order = 0
 
-    def __init__(
-        self,
-        volumes: MappedVolumes | DeviceVolumes,
-        geometry: PatchGeometry,
-        augment: Augment | None = None,
-        seed: int = 0,
-    ):
+    def __init__(self, volumes, geometry: PatchGeometry, augment: Augment | None = None, seed=0):
         super().__init__()
         self.volumes, self.geometry = volumes, geometry
         self.augment = augment if augment is not None and augment.active else None
@@ -291,46 +134,118 @@ class GatherPatches(Transform):
         if self.augment is not None:
             tiles, labels = self.augment(tiles, labels, self.geometry, self.generator)
         device = centres.device
-        inputs = tuple(t.to(device) for t in self.geometry.crop_inputs(tiles))
-        return (*inputs, labels.to(device))
+        inputs = tuple(TensorPatch(t.to(device)) for t in self.geometry.crop_inputs(tiles))
+        return (*inputs, TensorPatchMask(labels.to(device)))
+
+
+def _cases_of(dataset) -> list[CachedCase]:
+    items = getattr(dataset, "items", dataset)
+    cases = [item[0] if isinstance(item, tuple) else item for item in items]
+    bad = [c for c in cases if not isinstance(c, CachedCase)]
+    if bad:
+        raise BraverError(
+            f"patch loaders take prepared cases, not {type(bad[0]).__name__}",
+            None,
+            "pass cache.cases() (or labelled_cases(cache)) items",
+        )
+    return cases
+
+
+def _cache_of(cases: Sequence[CachedCase]) -> Cache:
+    roots = {c.folder.parent.parent for c in cases}
+    if len(roots) != 1:
+        raise BraverError("the cases come from several caches", None, "use one prepared cache")
+    return Cache.open(roots.pop())
 
 
 class PatchDL(TfmdDL):
-    """A ``TfmdDL`` whose items are patch centres drawn afresh every epoch.
+    """A ``TfmdDL`` over cases whose batches are patches drawn afresh every epoch.
 
-    ``get_idxs`` draws the epoch's centres (``balanced`` or ``natural``, seeded by
-    ``seed`` and the epoch count; ``fixed=True`` draws once, for validation); batches are
-    index tensors of up to ``bs`` centres, gathered by the ``GatherPatches`` batch transform.
-    ``rank``/``world`` give each process of a distributed run its own shard of every epoch.
+    ``get_idxs`` draws the epoch's centres (``sampling`` = ``balanced`` or ``natural``, seeded by
+    ``seed`` and the epoch count; the validation split draws ``valid_patches`` once); batches
+    are index tensors of up to ``bs`` centres, gathered by ``GatherPatches``. ``rank``/``world``
+    give each process of a distributed run its own shard of every epoch.
     """
+
+    _settings = (
+        "geometry",
+        "sampling",
+        "patches_per_epoch",
+        "valid_patches",
+        "seed",
+        "augment",
+        "on_device",
+        "class_weighting",
+        "class_weight_power",
+        "rank",
+        "world",
+    )
 
     def __init__(
         self,
-        sampler: PatchSampler,
-        gather: GatherPatches,
-        n: int,
+        dataset=None,
+        *,
+        geometry: PatchGeometry | None = None,
         sampling: str = "balanced",
-        bs: int = 128,
+        patches_per_epoch: int = 10_000,
+        valid_patches: int = 2_000,
         seed: int = 0,
-        fixed: bool = False,
-        rank: int = 0,
-        world: int = 1,
-        device=None,
+        augment: Augment | None = None,
+        on_device: bool = True,
         class_weighting: bool = False,
         class_weight_power: float = 1.0,
+        rank: int = 0,
+        world: int = 1,
+        bs: int = 128,
+        device=None,
         **kwargs,
     ):
-        self.sampler, self.sampling, self.seed, self.fixed = sampler, sampling, seed, fixed
+        if geometry is None:
+            raise BraverError(
+                "a PatchDL needs the patch geometry", None, "use MultiScalePatchBlock(input_sizes)"
+            )
+        self.cases = _cases_of(dataset)
+        if not self.cases:
+            raise BraverError(
+                "a patch loader has no case to draw patches from", None, "check the split"
+            )
+        self.cache = _cache_of(self.cases)
+        self.geometry, self.sampling, self.seed = geometry, sampling, seed
+        self.patches_per_epoch, self.valid_patches = patches_per_epoch, valid_patches
+        self.augment, self.on_device = augment, on_device
         self.class_weighting, self.class_weight_power = class_weighting, class_weight_power
         self.rank, self.world, self.epoch = rank, world, 0
+        self.training = getattr(dataset, "split_idx", 0) in (0, None)
+        self.fixed = not self.training
+        unlabelled = [c.case_id for c in self.cases if not c.has_label]
+        if unlabelled:
+            raise BraverError(
+                f"case {unlabelled[0]} has no label to draw patches by",
+                self.cases[0].folder.parent,
+                "predict whole volumes with learn.predict_case / predict_volume instead",
+            )
+        num_classes = self.cache.scheme.num_classes
+        self.sampler = PatchSampler.from_cache(
+            self.cache, [c.case_id for c in self.cases], num_classes
+        )
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        volumes = make_volumes(
+            self.cache, [c.case_id for c in self.cases], geometry, device, on_device
+        )
+        gather = GatherPatches(
+            volumes,
+            geometry,
+            augment if self.training else None,
+            seed=seed + 1000 * rank + (0 if self.training else 1),
+        )
         self.centres: np.ndarray | None = None
         self.class_weights: torch.Tensor | None = None
-        kwargs.pop("after_batch", None)
-        kwargs.pop("num_workers", None)
+        for key in ("after_batch", "num_workers", "n", "after_item", "before_batch", "shuffle"):
+            kwargs.pop(key, None)  # centres come in random order; the gather is the pipeline
         super().__init__(
-            dataset=None,
+            dataset=dataset,
             bs=bs,
-            n=n,
+            n=self.patches if self.training else self.valid_patches,
             num_workers=0,
             indexed=False,
             after_batch=[gather],
@@ -338,20 +253,42 @@ class PatchDL(TfmdDL):
             do_setup=False,
             **kwargs,
         )
-        self._n_inp = len(gather.geometry.input_sizes)
+
+    @property
+    def patches(self) -> int:
+        return self.patches_per_epoch if self.training else self.valid_patches
+
+    @property
+    def n_inp(self) -> int:
+        return len(self.geometry.input_sizes)
 
     @property
     def gather(self) -> GatherPatches:
         return self.after_batch.fs[0]
 
     def __len__(self) -> int:
-        per_rank = -(-self.n // self.world)
+        per_rank = -(-self.patches // self.world)
         return -(-per_rank // self.bs)
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        """The same loader settings on another dataset (validation split, ``test_dl``) or with
+        other settings (``dl.new(sampling="natural")``, ``geometry=…``)."""
+        settings = {key: getattr(self, key) for key in self._settings}
+        settings.update({k: v for k, v in kwargs.items() if k in self._settings})
+        passthrough = {k: v for k, v in kwargs.items() if k not in self._settings}
+        passthrough.pop("n", None)
+        return type(self)(
+            self.dataset if dataset is None else dataset,
+            bs=kwargs.get("bs", self.bs),
+            device=kwargs.get("device", self.device),
+            **settings,
+            **{k: v for k, v in passthrough.items() if k not in ("bs", "device")},
+        )
 
     def draw(self, epoch: int) -> np.ndarray:
         """The centres of ``epoch`` for this rank (every rank draws the same, then shards)."""
         rng = np.random.default_rng([self.seed, epoch])
-        centres = self.sampler.sample(self.n, self.sampling, rng)
+        centres = self.sampler.sample(self.patches, self.sampling, rng)
         return centres[self.rank :: self.world]
 
     def get_idxs(self):
@@ -373,15 +310,13 @@ class PatchDL(TfmdDL):
         for start in samps:
             yield torch.from_numpy(self.centres[start : start + self.bs])
 
-    def new(self, **kwargs):  # fastai calls this for test sets; centres keep our own state
-        raise NotImplementedError("PatchDL is built by braver.data.blocks.patch_dataloaders")
-
     def one_batch(self):
         if self.centres is None:
             self.get_idxs()
             if not self.fixed:  # a peek: the first epoch still draws its own centres
                 self.epoch -= 1
         batch = torch.from_numpy(self.centres[: self.bs])
+        self._shown_centres = batch
         if self.device is not None:
             batch = batch.to(self.device)
         return self.after_batch(batch)
@@ -389,7 +324,7 @@ class PatchDL(TfmdDL):
     def label_histogram(self) -> np.ndarray:
         """Pixel counts per class over this epoch's label blocks (for tile-mode weights)."""
         counts = np.zeros(self.sampler.num_classes, dtype=np.int64)
-        label_only = PatchGeometry((1,), self.gather.geometry.tile)
+        label_only = PatchGeometry((1,), self.geometry.tile)
         for start in range(0, len(self.centres), 4096):
             chunk = torch.from_numpy(self.centres[start : start + 4096])
             _, labels = self.gather.volumes.gather(chunk, label_only)
@@ -398,35 +333,154 @@ class PatchDL(TfmdDL):
             )[: self.sampler.num_classes]
         return counts
 
+    # -- showing ---------------------------------------------------------------------------
+    def show_batch(self, b=None, max_n: int = 6, channel: int = -1, show: bool = True, **kwargs):
+        """Each sample a row: every scale with its label block outlined and coloured."""
+        context = None
+        if b is None:
+            b = self.one_batch()
+            context = self.context_labels(self._shown_centres, self.geometry.input_sizes[0])
+        inputs, labels = b[: self.n_inp], b[self.n_inp]
+        n = min(max_n, len(labels))
+        titles = [f"{s}×{s}" for s in self.geometry.input_sizes]
+        masks = [labels] if context is None else [labels, context]
+        names = ["label"] if context is None else ["label", "labels around it"]
+        return self._grid(inputs, masks, titles, names, n, channel, show)
 
-def balanced_weights(counts: np.ndarray, power: float = 1.0) -> torch.Tensor:
-    """Per-class loss weights ``(N / (P · n_c)) ** power`` for the P classes present.
+    def context_labels(self, centres: torch.Tensor, side: int) -> TensorPatchMask:
+        """The labels of the whole ``side × side`` window around each centre (for showing)."""
+        window = PatchGeometry((1,), side if side % 2 else side + 1)
+        _, labels = self.gather.volumes.gather(centres, window)
+        return TensorPatchMask(labels)
 
-    ``power = 1``: every present class weighs the same in total (balanced); smaller powers
-    soften the correction (0: plain cross-entropy).
+    def show_results(self, b, out, max_n: int = 6, channel: int = -1, show: bool = True, **kwargs):
+        """Each sample a row: the scales, then truth and prediction over the local scale."""
+        inputs, labels = b[: self.n_inp], b[self.n_inp]
+        prediction = out[0] if isinstance(out, (tuple, list)) else out
+        prediction = TensorPatchMask(torch.as_tensor(prediction).reshape(labels.shape))
+        n = min(max_n, len(labels))
+        titles = [f"{s}×{s}" for s in self.geometry.input_sizes]
+        return self._grid(inputs, [labels, prediction], titles, ["truth", "prediction"], n, channel, show)
+
+    def _grid(self, inputs, masks, titles, mask_titles, n, channel, show):
+        import matplotlib.pyplot as plt
+
+        columns = len(inputs) + len(masks)
+        figure, axes = plt.subplots(n, columns, figsize=(2.2 * columns, 2.2 * n), squeeze=False)
+        local_side = inputs[0].shape[-1]
+        for row in range(n):
+            for col, (x, title) in enumerate(zip(inputs, titles, strict=True)):
+                ax = axes[row, col]
+                TensorPatch(x[row]).show(ctx=ax, channel=channel, title=title if row == 0 else None)
+                TensorPatchMask(masks[0][row]).show(ctx=ax, side=x.shape[-1])
+            for j, (mask, title) in enumerate(zip(masks, mask_titles, strict=True)):
+                ax = axes[row, len(inputs) + j]
+                TensorPatch(inputs[0][row]).show(ctx=ax, channel=channel)
+                TensorPatchMask(mask[row]).show(
+                    ctx=ax, side=local_side, title=title if row == 0 else None
+                )
+        figure.tight_layout()
+        if not show:
+            return figure
+        return figure
+
+
+def MultiScalePatchBlock(input_sizes: Sequence[int] = (33,), tile: int = 1) -> TransformBlock:
+    """Inputs of a patch batch: aligned patches of every size in ``input_sizes`` (local first)
+    centred on the same pixel, or ``tile × tile`` dense tiles of them (``tile`` = k > 1).
+
+    Its items are cases; the block brings the ``PatchDL`` that draws and gathers patches."""
+    geometry = PatchGeometry(tuple(int(s) for s in input_sizes), int(tile))
+    return TransformBlock(dl_type=PatchDL, dls_kwargs={"geometry": geometry})
+
+
+def PatchMaskBlock() -> TransformBlock:
+    """Targets of a patch batch: the ``k × k`` label block at the centre of the patches."""
+    return TransformBlock()
+
+
+def labelled_cases(source: Cache | str | Path) -> list[CachedCase]:
+    """The labelled cases of a prepared cache (the ``get_items`` of a patch ``DataBlock``)."""
+    cache = source if isinstance(source, Cache) else Cache.open(source)
+    cases = [cache.case(c) for c in cache.case_ids]
+    labelled = [c for c in cases if c.has_label]
+    if not labelled:
+        raise BraverError("has no labelled case to train on", cache.root, "prepare labels")
+    return labelled
+
+
+class CaseSplitter:
+    """Split a list of cases into training and validation *by case* (seeded), never by patch.
+
+    ``valid_cases`` names the validation cases explicitly; otherwise ``valid_pct`` of them
+    (at least ``min_valid``) are drawn with ``seed`` (``braver.data.sampling.split_cases``).
     """
-    counts = np.asarray(counts, dtype=np.float64)
-    present = counts > 0
-    weights = np.zeros_like(counts)
-    weights[present] = (counts[present].sum() / (present.sum() * counts[present])) ** power
-    return torch.as_tensor(weights, dtype=torch.float32)
+
+    def __init__(
+        self,
+        valid_pct: float = 0.2,
+        seed: int = 0,
+        min_valid: int = 1,
+        valid_cases: Sequence[str] | None = None,
+    ):
+        self.valid_pct, self.seed, self.min_valid = valid_pct, seed, min_valid
+        self.valid_cases = None if valid_cases is None else list(valid_cases)
+
+    def __call__(self, cases: Sequence[CachedCase]) -> tuple[list[int], list[int]]:
+        ids = [c.case_id for c in cases]
+        if self.valid_cases is None:
+            _, valid = split_cases(ids, self.valid_pct, self.seed, self.min_valid)
+        else:
+            unknown = sorted(set(self.valid_cases) - set(ids))
+            if unknown:
+                raise BraverError(
+                    f"validation case {unknown[0]} is not a labelled case of the cache",
+                    None,
+                    f"choose among {', '.join(ids[:8])}{' …' if len(ids) > 8 else ''}",
+                )
+            valid = self.valid_cases
+        chosen = set(valid)
+        return (
+            [i for i, c in enumerate(ids) if c not in chosen],
+            [i for i, c in enumerate(ids) if c in chosen],
+        )
 
 
-def make_volumes(
-    cache: Cache, case_ids: Sequence[str], geometry: PatchGeometry, device, on_device: bool
-):
-    """GPU-resident volumes on CUDA when asked, memory maps otherwise."""
-    device = torch.device(device)
-    if on_device and device.type == "cuda":
-        return DeviceVolumes(cache, case_ids, pad=geometry.side, device=device)
-    return MappedVolumes(cache, case_ids)
+def input_sizes_of(model: Any) -> tuple[int, ...]:
+    """Input sizes of a model, a registered model name, or a sequence of sizes."""
+    if isinstance(model, str):
+        from braver.models import create_model
+
+        return tuple(create_model(model, in_channels=1, num_classes=2).input_sizes)
+    if hasattr(model, "input_sizes"):
+        return tuple(model.input_sizes)
+    return tuple(int(s) for s in model)
+
+
+def patch_datablock(
+    model: Any = "twopath",
+    *,
+    tile: int = 1,
+    valid_pct: float = 0.2,
+    seed: int = 0,
+    min_valid: int = 1,
+    valid_cases: Sequence[str] | None = None,
+) -> DataBlock:
+    """A stock fastai ``DataBlock`` of multi-scale patches for ``model`` (a name, a model or
+    input sizes): ``(MultiScalePatchBlock, PatchMaskBlock)``, cases as items, split by case."""
+    return DataBlock(
+        blocks=(MultiScalePatchBlock(input_sizes_of(model), tile), PatchMaskBlock()),
+        get_items=labelled_cases,
+        splitter=CaseSplitter(valid_pct, seed, min_valid, valid_cases),
+        n_inp=1,
+    )
 
 
 def patch_dataloaders(
-    cache: Cache,
-    train_cases: Sequence[str],
-    valid_cases: Sequence[str],
-    input_sizes: Sequence[int],
+    cache: Cache | str | Path,
+    train_cases: Sequence[str] | None = None,
+    valid_cases: Sequence[str] | None = None,
+    input_sizes: Any = (33,),
     *,
     tile: int = 1,
     bs: int = 128,
@@ -441,51 +495,52 @@ def patch_dataloaders(
     class_weighting: bool = False,
     class_weight_power: float = 1.0,
     augment: Augment | None = None,
+    valid_pct: float = 0.2,
 ) -> DataLoaders:
-    """fastai ``DataLoaders`` of multi-scale patch batches, split by case.
+    """``patch_datablock(...).dataloaders(cache, …)`` with the split given as case ids.
 
-    Batches are ``(input_1, …, input_n, label)`` with ``n = len(input_sizes)``; label is
-    (B, k, k) int64. The validation centres are drawn once (seeded) from the validation cases.
-    ``augment`` applies to the training loader only.
+    ``train_cases``/``valid_cases`` restrict and split the cache's labelled cases (``None``:
+    every labelled case, split with ``valid_pct`` and ``seed``). Batches are ``(input_1, …,
+    input_n, label)`` with ``n = len(input_sizes)``; label is (B, k, k) int64.
     """
-    geometry = PatchGeometry(tuple(int(s) for s in input_sizes), tile)
-    num_classes = cache.scheme.num_classes
-    train_sampler = PatchSampler.from_cache(cache, train_cases, num_classes)
-    train_volumes = make_volumes(cache, train_cases, geometry, device, on_device)
-    train = PatchDL(
-        train_sampler,
-        GatherPatches(train_volumes, geometry, augment, seed=seed + 1000 * rank),
-        n=train_patches,
-        sampling=sampling,
+    cache = cache if isinstance(cache, Cache) else Cache.open(cache)
+    keep = None
+    if train_cases is not None:
+        keep = set(train_cases) | set(valid_cases or ())
+    dblock = DataBlock(
+        blocks=(MultiScalePatchBlock(input_sizes_of(input_sizes), tile), PatchMaskBlock()),
+        get_items=lambda source: [
+            c for c in labelled_cases(source) if keep is None or c.case_id in keep
+        ],
+        splitter=CaseSplitter(
+            valid_pct, seed, valid_cases=list(valid_cases) if train_cases is not None else None
+        ),
+        n_inp=1,
+    )
+    if train_cases is not None and not valid_cases:  # no validation split: one loader
+        dblock.splitter = lambda items: (list(range(len(items))),)
+    return dblock.dataloaders(
+        cache,
         bs=bs,
-        seed=seed,
-        rank=rank,
-        world=world,
         device=device,
+        sampling=sampling,
+        patches_per_epoch=train_patches,
+        valid_patches=valid_patches,
+        seed=seed,
+        augment=augment,
+        on_device=on_device,
         class_weighting=class_weighting,
         class_weight_power=class_weight_power,
+        rank=rank,
+        world=world,
     )
-    loaders = [train]
-    if valid_cases:
-        valid_sampler = PatchSampler.from_cache(cache, valid_cases, num_classes)
-        valid_volumes = make_volumes(cache, valid_cases, geometry, device, on_device)
-        loaders.append(
-            PatchDL(
-                valid_sampler,
-                GatherPatches(valid_volumes, geometry),
-                n=valid_patches,
-                sampling=sampling,
-                bs=bs,
-                seed=seed + 1,
-                fixed=True,
-                rank=rank,
-                world=world,
-                device=device,
-                class_weighting=class_weighting,
-                class_weight_power=class_weight_power,
-            )
-        )
-    return DataLoaders(*loaders, device=device)
+
+
+def with_geometry(dls: DataLoaders, input_sizes: Sequence[int]) -> DataLoaders:
+    """The same loaders (cases, sampling, seeds) cutting patches for other input sizes
+    (e.g. a cascade's first network)."""
+    geometry = PatchGeometry(tuple(input_sizes), dls.loaders[0].geometry.tile)
+    return DataLoaders(*[dl.new(geometry=geometry) for dl in dls.loaders], device=dls.device)
 
 
 def set_sampling(
@@ -494,12 +549,17 @@ def set_sampling(
     n: int | None = None,
     class_weighting: bool | None = None,
 ) -> None:
-    """Switch every loader to ``sampling`` (the train loader to ``n`` centres per epoch) and
-    turn tile-mode class weighting on or off."""
+    """Switch every loader to ``sampling`` (the training loader to ``n`` centres per epoch)
+    and turn tile-mode class weighting on or off."""
     for i, dl in enumerate(dls.loaders):
         if dl.sampling != sampling:
             dl.sampling, dl.centres = sampling, None
         if class_weighting is not None and dl.class_weighting != class_weighting:
             dl.class_weighting, dl.centres = class_weighting, None
         if i == 0 and n is not None:
-            dl.n = n
+            dl.patches_per_epoch = n
+
+
+def flips_apply(geometry: PatchGeometry) -> bool:
+    """Whether ``data.flip`` can act on this geometry (every input size odd)."""
+    return symmetric(geometry)

@@ -81,6 +81,22 @@ class CascadeCNN(BraverModel):
         # how much larger the first network's input is than the second's
         self._map_shrink = self.input_sizes[1] - self.input_sizes[0]
 
+    @property
+    def first_frozen(self) -> bool:
+        """Whether every parameter of the first network is frozen (``requires_grad`` off)."""
+        return not any(p.requires_grad for p in self.first.parameters())
+
+    def train(self, mode: bool = True) -> CascadeCNN:
+        """Train mode for the cascade, but a frozen first network always runs in eval mode.
+
+        The paper fixes the first TwoPathCNN before training the second: a fixed network must
+        give the second one the same class map for the same patch, so its dropout stays off.
+        """
+        super().train(mode)
+        if mode and self.first_frozen:
+            self.first.eval()
+        return self
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """``(local, wide)`` → logits (B, num_classes, k, k); see the module docstring."""
         if len(inputs) == 1:

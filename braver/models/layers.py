@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Half-width of the uniform kernel initialisation, U(−a, a) (Havaei et al. 2017, §3.3).
+#: Half-width of the uniform kernel initialisation, U(−a, a) (Havaei et al. 2017, §3.2).
 PAPER_INIT_RANGE = 0.005
 
 
@@ -162,7 +162,7 @@ class CentreCrop(nn.Module):
 
 
 def dropout_layer(p: float) -> nn.Module:
-    """Element-wise dropout ("each hidden unit", §3.3); an identity when ``p == 0``."""
+    """Element-wise dropout ("each hidden unit", §3.2); an identity when ``p == 0``."""
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 

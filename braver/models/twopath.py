@@ -12,15 +12,16 @@ On a 33×33 patch (valid convolutions, stride-1 pooling)::
 
 A tile of side 33 + k − 1 gives a k×k map of logits in one pass (the paper's dense mode).
 
-Dropout: the paper (§3.3) masks "each hidden or input unit" with some probability but does not
+Dropout: the paper (§3.2) masks "each hidden or input unit" with some probability but does not
 say which layers nor the probability it used. braver drops hidden units only: the output of
 every hidden layer (after the local path's two pooling layers and after the global path's
 maxout), i.e. every unit that reaches the next weight layer, never the image or a cascade's
 class map. ``dropout`` defaults to 0.2 (braver's choice; the paper gives 0.5 only as an example).
 
-Initialisation: kernels U(−0.005, 0.005) and biases 0 (§3.3); with ``class_frequencies`` the
-output biases are ``log(frequency)`` so the untrained network predicts the class prior
-(braver's addition, the paper starts from zero biases).
+Initialisation (§3.2): kernels U(−0.005, 0.005), hidden biases 0; with ``class_frequencies``
+the output biases are ``log(frequency)`` of each label, as the paper initialises them, so the
+untrained network predicts the class prior. Without them the output biases start at 0 (a
+uniform prior, which suits a first stage on balanced patches).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Training: a fastai Learner from a recipe, the paper's two phases, freezing by group name."""
+"""Training: one fastai Learner, the paper's schedule as callbacks, and the recipe runner."""
 
 from braver.train.callbacks import (
     ClassWeights,
+    DropFrozenGrads,
     FreezeGroups,
     History,
     L1Penalty,
@@ -10,22 +11,44 @@ from braver.train.callbacks import (
     train_only,
     unfreeze_groups,
 )
-from braver.train.learner import PixelCrossEntropy, build_learner, epoch_schedules, fit_stage
-from braver.train.loop import Phase, plan_phases, train_from_recipe
+from braver.train.learner import BraverLearner, PixelCrossEntropy, braver_learner
+from braver.train.runner import (
+    recipe_callbacks,
+    recipe_dataloaders,
+    recipe_learner,
+    recipe_model,
+    resolve_device,
+    total_epochs,
+    train_from_recipe,
+)
+from braver.train.safety import DivergenceGuard, KeepBest, WeightBound
+from braver.train.stages import CascadeFirst, DualStage, PaperSchedule, paper_lr, paper_momentum
 
 __all__ = [
+    "BraverLearner",
+    "CascadeFirst",
     "ClassWeights",
+    "DivergenceGuard",
+    "DropFrozenGrads",
+    "DualStage",
     "FreezeGroups",
     "History",
+    "KeepBest",
     "L1Penalty",
     "MaxNorm",
-    "Phase",
+    "PaperSchedule",
     "PixelCrossEntropy",
-    "build_learner",
-    "epoch_schedules",
-    "fit_stage",
+    "WeightBound",
+    "braver_learner",
     "freeze_groups",
-    "plan_phases",
+    "paper_lr",
+    "paper_momentum",
+    "recipe_callbacks",
+    "recipe_dataloaders",
+    "recipe_learner",
+    "recipe_model",
+    "resolve_device",
+    "total_epochs",
     "train_from_recipe",
     "train_only",
     "unfreeze_groups",

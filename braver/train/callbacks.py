@@ -177,34 +177,44 @@ class ClassWeights(Callback):
 
 
 class History(Callback):
-    """``history.csv``: one row per epoch of every stage, with a ``stage`` column.
+    """``history.csv``: one row per epoch of every stage, with ``stage``, ``lr`` and ``momentum``.
 
-    Rewritten (atomically) after each epoch on rank 0, so an interrupted run keeps its rows;
-    ``rows`` may start with the rows of an earlier, resumed part of the run.
+    The stage is ``learn.stage`` (set by ``DualStage``/``CascadeFirst``; else ``stage``), the
+    epoch counts from the start of the run (``learn.epoch_offset`` for a resumed fit), ``lr``
+    and ``momentum`` are the values the epoch used. Rewritten (atomically) after each epoch on
+    rank 0, so an interrupted run keeps its rows; ``rows`` may start with the rows of an
+    earlier, resumed part of the run.
     """
 
-    order = 65  # after the Recorder (50) has logged the epoch
+    order = 52  # after the Recorder (50) has logged the epoch, before DivergenceGuard (55)
 
-    def __init__(self, path: Path, stage: str, rows: list[dict] | None = None, on_row=None):
+    def __init__(self, path: Path, stage: str = "fit", rows: list[dict] | None = None, on_row=None):
         self.path, self.stage = Path(path), stage
         self.rows = rows if rows is not None else []
         self.on_row = on_row
-        self.epoch_offset = 0
 
-    def before_fit(self):
+    def before_epoch(self):
         self.started = time.time()
 
     def after_epoch(self):
-        recorder = self.learn.recorder
+        learn = self.learn
+        recorder = learn.recorder
         names = [str(n) for n in recorder.metric_names[1:-1]]  # no "epoch", no "time"
         values = recorder.log[1 : 1 + len(names)]
-        row = {"stage": self.stage, "epoch": self.epoch_offset + self.epoch}
+        row = {
+            "stage": getattr(learn, "stage", None) or self.stage,
+            "epoch": getattr(learn, "epoch_offset", 0) + self.epoch,
+        }
         for name, value in zip(names, values, strict=False):
             row[name] = _plain(value)
+        hypers = learn.opt.hypers[-1] if learn.opt is not None else {}
+        row["lr"] = _plain(getattr(learn, "epoch_lr", hypers.get("lr", "")))
+        row["momentum"] = _plain(getattr(learn, "epoch_momentum", hypers.get("mom", "")))
+        if getattr(learn, "rolled_back", False):
+            row["rolled_back"] = 1
         row["time"] = round(time.time() - self.started, 2)  # seconds (fastai's column name)
-        self.started = time.time()
         self.rows.append(row)
-        if getattr(self.learn, "rank", 0) == 0:
+        if getattr(learn, "rank", 0) == 0:
             write_history(self.path, self.rows)
         if self.on_row is not None:
             self.on_row(row)

@@ -1,21 +1,31 @@
-"""A fastai ``Learner`` from a recipe: SGD with rising momentum, per-epoch decay, regularisers.
+"""``braver_learner``: a fastai ``Learner`` for the paper's networks, with braver's run methods.
 
-Havaei et al. (2017, section 4): stochastic gradient descent with momentum 0.5 rising to
-0.9, learning rate 0.005 decayed by a constant factor every epoch, L1 and L2
-regularisation, dropout, early stopping on validation loss. The model's output is
-(B, K, k, k) logits, the target (B, k, k) classes; the loss is cross-entropy on the flattened
-pixels (with per-class weights in tile mode).
+``braver_learner(dls, "input_cascade")`` builds the model for the cache's channels and classes
+(or takes a model), and returns a ``BraverLearner``: a plain fastai ``Learner`` (``fit``,
+``fit_one_cycle``, ``lr_find``, ``get_preds``, ``show_results`` all work) whose splitter is the
+model's named groups (``braver.models.naming.param_groups``: ``local, global, output`` per
+network), so ``freeze()`` trains only the final output layer — the paper's second stage — and
+``freeze_to``/``unfreeze`` mean something. Optimiser: SGD with momentum and L2 as coupled
+weight decay (Havaei et al. 2017, §3.2); L1, max-norm, the weight bound, class weights (tile
+mode) and the divergence guard are callbacks.
+
+Its additions: ``save_run(folder)`` (safetensors + run.json, no pickle; ``braver.load_run`` reads
+it back), ``predict_volume(image)``, ``predict_case(path_or_case)`` and ``evaluate_volumes()``
+(whole-volume Dice per region on the validation cases).
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from fastai.callback.schedule import ParamScheduler
-from fastai.callback.tracker import EarlyStoppingCallback, TerminateOnNaNCallback
+from fastai.callback.progress import ProgressCallback
+from fastai.callback.tracker import TerminateOnNaNCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.optimizer import SGD
@@ -25,6 +35,7 @@ from braver.data.labels import LabelScheme
 from braver.models.layers import ConvBackwardByConvolutions
 from braver.recipe import OptimSection
 from braver.train.callbacks import ClassWeights, DropFrozenGrads, L1Penalty, MaxNorm
+from braver.train.safety import DivergenceGuard, WeightBound
 
 
 class PixelCrossEntropy(nn.Module):
@@ -68,7 +79,7 @@ def fast_conv_backward(model: nn.Module) -> list[str]:
     Only plain convolutions (``nn.Conv2d`` and the models' ``OutputConv``; not ``Maxout``, whose
     forward does more) with stride 1, no padding, no dilation and one group are changed (their
     ``forward`` on the instance); weights and state dict are untouched. Returns the names of
-    the layers changed.
+    the layers changed. ``braver_learner(..., cpu_speedups=True)`` applies it on the CPU.
     """
     changed = []
     plain = _plain_convolution_types()
@@ -85,95 +96,195 @@ def fast_conv_backward(model: nn.Module) -> list[str]:
     return changed
 
 
-def epoch_schedules(
-    optim: OptimSection, lr: float, epochs: int, start_epoch: int = 0
-) -> dict[str, callable]:
-    """ParamScheduler functions for a fit of ``epochs - start_epoch`` epochs.
+class BraverLearner(Learner):
+    """A fastai ``Learner`` that knows its label scheme and can save and apply itself as a run.
 
-    ``lr`` is ``lr · decay^e`` during epoch ``e`` (a step per epoch, paper 4); momentum rises
-    linearly from ``momentum_start`` to ``momentum_end`` over ``momentum_epochs`` epochs, then
-    stays. ``start_epoch`` lets a resumed fit pick the schedule up where it stopped.
+    Attributes beyond fastai's: ``optim`` (the ``OptimSection``), ``scheme`` (``LabelScheme``),
+    ``tile_mode``, and ``run_info`` once saved or loaded.
     """
-    remaining = max(epochs - start_epoch, 1)
 
-    def epoch_at(pct: float) -> float:
-        return start_epoch + pct * remaining
+    optim: OptimSection
+    scheme: LabelScheme
+    tile_mode: bool
+    run_info: Any = None
 
-    def learning_rate(pct: float) -> float:
-        return lr * optim.lr_decay ** int(min(epoch_at(pct), epochs - 1e-9))
+    @property
+    def network(self) -> nn.Module:
+        """The model itself (unwrapped from DistributedDataParallel)."""
+        return getattr(self.model, "module", self.model)
 
-    def momentum(pct: float) -> float:
-        span = max(optim.momentum_epochs, 1)
-        rise = min(epoch_at(pct) / span, 1.0)
-        return optim.momentum_start + (optim.momentum_end - optim.momentum_start) * rise
+    def save_run(self, folder: str | Path, **run_fields) -> Path:
+        """Write ``folder`` as a run: model.safetensors and run.json (model config, label
+        scheme, channels, cache, validation cases). ``braver.load_run(folder)`` reads it."""
+        from braver.runs import RunInfo, save_run_info, save_weights
 
-    return {"lr": learning_rate, "mom": momentum}
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        info = self.run_info or self._run_info(**run_fields)
+        if run_fields and self.run_info is not None:
+            for key, value in run_fields.items():
+                setattr(info, key, value)
+        save_weights(folder, self.network)
+        save_run_info(folder, info)
+        self.run_info = info
+        return folder
+
+    def _run_info(self, **fields):
+        from braver.runs import RunInfo
+
+        cache = getattr(self.dls.train, "cache", None)
+        valid = self.dls.valid.cases if len(self.dls.loaders) > 1 else []
+        return RunInfo(
+            kind=fields.pop("kind", _kind_of(cache)),
+            model=self.network.config,
+            label_scheme=self.scheme.to_json(),
+            channels=list(cache.channels) if cache is not None else [],
+            cache=str(cache.root) if cache is not None else None,
+            validation_cases=[c.case_id for c in valid],
+            prepare=dict(cache.summary.get("settings", {})) if cache is not None else {},
+            **fields,
+        )
+
+    def predict_volume(self, image_czyx, **kwargs):
+        """Class probabilities (K, Z, Y, X) of a preprocessed image (C, Z, Y, X)
+        (``braver.inference.predict_volume``)."""
+        from braver.inference import predict_volume
+
+        kwargs.setdefault("device", self.dls.device or "cpu")
+        return predict_volume(self.network, image_czyx, **kwargs)
+
+    def predict_case(self, case, **kwargs):
+        """Segment a raw case (a folder or file of a known layout, or a ``Case``) back in its
+        own geometry (``braver.inference.predict_case``); needs ``run_info`` (save or load the
+        run first)."""
+        from braver.data.formats import Case, discover_inputs
+        from braver.errors import BraverError
+        from braver.inference import predict_case
+
+        if self.run_info is None:
+            raise BraverError(
+                "the learner has no run yet", None, "call learn.save_run(folder) or load_run"
+            )
+        if not isinstance(case, Case):
+            (case,) = discover_inputs([case])
+        kwargs.setdefault("device", self.dls.device or "cpu")
+        return predict_case(self.network, self.run_info, case, **kwargs)
+
+    def evaluate_volumes(self, case_ids: Sequence[str] | None = None, **kwargs) -> dict:
+        """Whole-volume scores (Dice, sensitivity, specificity, HD95 per region) of the
+        validation cases (or ``case_ids``): ``{"cases": rows, "summary": …, <metric>: mean}``."""
+        from braver.inference import evaluate_cached_cases
+        from braver.metrics import summarize
+
+        cache = self.dls.train.cache
+        if case_ids is None:
+            case_ids = [c.case_id for c in self.dls.valid.cases]
+        kwargs.setdefault("device", self.dls.device or "cpu")
+        rows = evaluate_cached_cases(self.network.eval(), cache, list(case_ids), **kwargs)
+        summary = summarize(rows)
+        return {**{k: v["mean"] for k, v in summary.items()}, "summary": summary, "cases": rows}
 
 
-def build_learner(
+def braver_learner(
     dls: DataLoaders,
-    model: nn.Module,
-    optim: OptimSection,
-    scheme: LabelScheme,
+    model: str | nn.Module = "twopath",
     *,
-    path=".",
-    tile_mode: bool = False,
-) -> Learner:
-    """The Learner: SGD (momentum, L2 as coupled weight decay), metrics, regularisers.
+    optim: OptimSection | None = None,
+    scheme: LabelScheme | None = None,
+    path: str | Path = ".",
+    tile_mode: bool | None = None,
+    metrics: Sequence | None = None,
+    cbs: Sequence = (),
+    progress: bool = True,
+    cpu_speedups: bool = True,
+    **model_options,
+) -> BraverLearner:
+    """A ``BraverLearner`` on patch ``dls`` (``braver.data.blocks``) for ``model``.
 
-    Parameter groups follow ``braver.models.naming.param_groups`` (so ``freeze()`` and
-    ``FreezeGroups`` act on named groups). Metrics: per-region Dice and patch accuracy
-    (``braver.metrics.region_dice_metrics``).
+    ``model`` is a registered name (``twopath``, ``input_cascade``, …; built with the cache's
+    channels and classes and ``model_options``, e.g. ``dropout=0.2``) or a module. ``optim``
+    defaults to the paper's values (``OptimSection()``). Metrics: per-region Dice and patch
+    accuracy. ``cpu_speedups`` gives the plain convolutions a faster backward on the CPU
+    (``fast_conv_backward``; same values). ``progress=False`` drops fastai's progress bars.
     """
     from braver.metrics import region_dice_metrics
+    from braver.models import create_model
     from braver.models.naming import param_groups
 
+    optim = optim or OptimSection()
+    cache = getattr(dls.train, "cache", None)
+    scheme = scheme or (cache.scheme if cache is not None else None)
+    if scheme is None:
+        raise ValueError("braver_learner needs the label scheme: pass scheme= or patch dls")
+    if isinstance(model, str):
+        model = create_model(
+            model,
+            in_channels=len(cache.channels),
+            num_classes=scheme.num_classes,
+            **model_options,
+        )
+    if tile_mode is None:
+        tile_mode = dls.train.geometry.tile > 1
+    device = dls.device or torch.device("cpu")
+    model.to(device)
+    if cpu_speedups and torch.device(device).type == "cpu":
+        fast_conv_backward(model)
     callbacks = [
         DropFrozenGrads(),
         L1Penalty(optim.l1),
         MaxNorm(optim.max_norm),
-        TerminateOnNaNCallback(),  # a diverged run stops instead of training on NaN
+        WeightBound(optim.weight_bound),
+        DivergenceGuard(optim.divergence_retries, optim.spike_factor),
+        *cbs,
     ]
+    if optim.grad_clip > 0:
+        from fastai.callback.training import GradientClip
+
+        callbacks.append(GradientClip(optim.grad_clip))
     if tile_mode:
         callbacks.append(ClassWeights())
-    learn = Learner(
+    learn = BraverLearner(
         dls,
-        model,
+        distributed(model),
         loss_func=PixelCrossEntropy(),
         opt_func=partial(SGD, mom=optim.momentum_start, decouple_wd=False),
         lr=optim.lr,
         wd=optim.l2,
         wd_bn_bias=False,
         splitter=lambda m: param_groups(getattr(m, "module", m)),
-        metrics=region_dice_metrics(scheme),
+        metrics=list(metrics) if metrics is not None else region_dice_metrics(scheme),
         cbs=callbacks,
         path=path,
         model_dir=".",
         train_bn=True,
     )
+    learn.optim, learn.scheme, learn.tile_mode = optim, scheme, tile_mode
     learn.logger = _quiet
+    if TerminateOnNaNCallback in [type(cb) for cb in learn.cbs]:
+        learn.remove_cb(TerminateOnNaNCallback)
+    if not progress:
+        learn.remove_cb(ProgressCallback)
     return learn
+
+
+def distributed(model: nn.Module) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under ``torch.distributed`` (world > 1).
+
+    DDP registers the parameters that require gradients when it is built: after freezing,
+    wrap again (``DualStage`` does when stage 2 starts)."""
+    model = getattr(model, "module", model)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return model
+    if torch.distributed.get_world_size() <= 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def _kind_of(cache) -> str:
+    """``liver`` for a one-channel CT cache, ``brain`` otherwise."""
+    channels = [c.lower() for c in (cache.channels if cache is not None else [])]
+    return "liver" if channels == ["ct"] else "brain"
 
 
 def _quiet(*args, **kwargs) -> None:
     """The Recorder prints raw epoch lists when there is no progress bar; braver prints rows."""
-
-
-def fit_stage(
-    learn: Learner,
-    optim: OptimSection,
-    epochs: int,
-    *,
-    lr: float | None = None,
-    patience: int = 0,
-    start_epoch: int = 0,
-    cbs: list | None = None,
-) -> None:
-    """One fit of ``epochs`` epochs with the paper's schedule, optionally stopping early."""
-    if epochs - start_epoch <= 0:
-        return
-    scheds = epoch_schedules(optim, lr if lr is not None else optim.lr, epochs, start_epoch)
-    callbacks = [ParamScheduler(scheds), *(cbs or [])]
-    if patience > 0 and len(learn.dls.loaders) > 1:
-        callbacks.append(EarlyStoppingCallback(monitor="valid_loss", patience=patience))
-    learn.fit(epochs - start_epoch, cbs=callbacks, reset_opt=True)

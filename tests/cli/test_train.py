@@ -8,7 +8,7 @@ import tomllib
 from typer.testing import CliRunner
 
 from braver.cli.main import app
-from braver.train import loop
+from braver.train import runner as train_runner
 
 runner = CliRunner()
 
@@ -77,14 +77,14 @@ def test_train_brain_writes_a_complete_run_folder(phantoms, tmp_path):
 
 @pytest.mark.slow
 def test_resume_continues_an_interrupted_run(phantoms, tmp_path, monkeypatch):
-    original = loop.Checkpoint.after_epoch
+    original = train_runner.Checkpoint.after_epoch
 
     def interrupt(self):
         original(self)
-        if self.phase == "stage1" and self.state["epochs_done"] == 1:
+        if self.state["stage"] == "stage1" and self.state["epochs_done"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop.Checkpoint, "after_epoch", interrupt)
+    monkeypatch.setattr(train_runner.Checkpoint, "after_epoch", interrupt)
     sets = _sets([*TINY, "stage1.epochs=3"])
     result = runner.invoke(app, ["train", "brain", "--out", str(tmp_path / "runs"), *sets])
     assert result.exit_code == 130
@@ -92,7 +92,7 @@ def test_resume_continues_an_interrupted_run(phantoms, tmp_path, monkeypatch):
     assert (folder / "checkpoint.safetensors").exists() and not (
         folder / "model.safetensors"
     ).exists()
-    monkeypatch.setattr(loop.Checkpoint, "after_epoch", original)
+    monkeypatch.setattr(train_runner.Checkpoint, "after_epoch", original)
 
     result = runner.invoke(app, ["train", "brain", "--resume", str(folder)])
     assert result.exit_code == 0, result.output
@@ -102,7 +102,7 @@ def test_resume_continues_an_interrupted_run(phantoms, tmp_path, monkeypatch):
         ("stage1", "0"),
         ("stage1", "1"),
         ("stage1", "2"),
-        ("stage2", "0"),
+        ("stage2", "3"),
     ]
     assert (folder / "model.safetensors").exists()
     again = runner.invoke(app, ["train", "brain", "--resume", str(folder)])

@@ -45,13 +45,13 @@ def _worker(rank: int, world: int, init_file: str, cache_root: str, out: str) ->
     from braver.train import learner as learner_module
 
     learners = []
-    build = learner_module.build_learner
+    build = learner_module.braver_learner
 
     def keep(*args, **kwargs):
         learners.append(build(*args, **kwargs))
         return learners[-1]
 
-    learner_module.build_learner = keep
+    learner_module.braver_learner = keep
     recipe = load_recipe(shipped_recipe("brain"), TINY, profile="phantom")
     folder = train_from_recipe(recipe, cache=cache_root, out=out, evaluate=False)
     final = learners[-1].model

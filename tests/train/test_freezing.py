@@ -6,7 +6,7 @@ from braver.errors import BraverError
 from braver.models import create_model
 from braver.models.naming import parameter_count, resolve_group, trainable_parameters
 from braver.recipe import OptimSection
-from braver.train import FreezeGroups, build_learner, fit_stage, freeze_groups, train_only
+from braver.train import FreezeGroups, braver_learner, freeze_groups, train_only
 from braver.train.callbacks import DropFrozenGrads, unfreeze_groups
 
 
@@ -16,9 +16,12 @@ def _learner(cache, model, l2=1e-2):
         cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=4, valid_patches=2
     )
     optim = OptimSection(lr=0.01, l2=l2, momentum_start=0.9, momentum_end=0.9)
-    learn = build_learner(dls, model, optim, cache.scheme, tile_mode=True)
-    learn.remove_cb(learn.progress)
+    learn = braver_learner(dls, model, optim=optim, tile_mode=True, progress=False)
     return learn, optim
+
+
+def fit_stage(learn, optim, epochs, cbs=()):
+    learn.fit(epochs, lr=optim.lr, cbs=list(cbs), reset_opt=True)
 
 
 def test_freeze_groups_by_name():

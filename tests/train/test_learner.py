@@ -4,24 +4,61 @@ import torch.nn.functional as F
 
 from braver.models import create_model
 from braver.recipe import OptimSection, load_recipe, shipped_recipe
-from braver.train import PixelCrossEntropy, epoch_schedules, plan_phases
+from braver.train import PixelCrossEntropy, paper_lr, paper_momentum
 from braver.train.learner import fast_conv_backward
 
 
-def test_learning_rate_decays_per_epoch_and_momentum_rises():
-    optim = OptimSection(lr_decay=0.1, momentum_start=0.5, momentum_end=0.9, momentum_epochs=4)
-    scheds = epoch_schedules(optim, 0.005, epochs=4)
-    # pct of the fit → epoch: 0 → 0, 0.3 → 1.2, 0.99 → 3.96
-    assert scheds["lr"](0.0) == pytest.approx(0.005)
-    assert scheds["lr"](0.3) == pytest.approx(0.0005)
-    assert scheds["lr"](0.99) == pytest.approx(0.000005)
-    assert scheds["mom"](0.0) == pytest.approx(0.5)
-    assert scheds["mom"](0.5) == pytest.approx(0.7)
-    assert scheds["mom"](1.0) == pytest.approx(0.9)
-    # a resumed fit continues the schedule: epochs 2 and 3 of 4
-    resumed = epoch_schedules(optim, 0.005, epochs=4, start_epoch=2)
-    assert resumed["lr"](0.0) == pytest.approx(0.005 * 0.01)
-    assert resumed["mom"](0.0) == pytest.approx(0.7)
+def test_learning_rate_falls_linearly_to_the_decay_factor_then_stays():
+    """Pylearn2's LinearDecayOverEpoch: 0.005 → 0.0005 at the saturation epoch, then flat."""
+    optim = OptimSection(lr=0.005, lr_decay=0.1, lr_saturate=10)
+    rates = [paper_lr(optim, optim.lr, e) for e in range(14)]
+    assert rates[0] == pytest.approx(0.005)
+    assert rates[1] == pytest.approx(0.005 * (1 - 0.9 / 10))
+    assert rates[5] == pytest.approx(0.00275)
+    assert rates[10] == pytest.approx(0.0005) and rates[13] == pytest.approx(0.0005)
+    assert all(a > b for a, b in zip(rates[:10], rates[1:11], strict=True))  # never dead
+
+
+def test_momentum_rises_over_its_epochs_and_the_effective_step_falls():
+    optim = OptimSection(momentum_start=0.5, momentum_end=0.9, momentum_epochs=4, lr_saturate=4)
+    assert [paper_momentum(optim, e) for e in (0, 2, 4, 9)] == pytest.approx([0.5, 0.7, 0.9, 0.9])
+    # with matching ramps the step lr / (1 − momentum) never grows (no momentum-driven blow-up)
+    steps = [paper_lr(optim, 1.0, e) / (1 - paper_momentum(optim, e)) for e in range(8)]
+    assert all(a >= b - 1e-12 for a, b in zip(steps, steps[1:], strict=False))
+
+
+@pytest.mark.parametrize("name", ["brain", "liver"])
+def test_shipped_recipes_keep_a_live_learning_rate(name):
+    """No shipped schedule decays the rate below its floor (0.1 x lr for the paper's)."""
+    import tomllib
+
+    table = tomllib.loads(shipped_recipe(name).read_text())
+    for optim_table, epochs in (
+        (table["optim"], table["stage1"]["epochs"]),
+        ({**table["optim"], **table["phantom"]["optim"]}, table["phantom"]["stage1"]["epochs"]),
+    ):
+        optim = OptimSection(**optim_table)
+        rates = [paper_lr(optim, optim.lr, e) for e in range(epochs)]
+        assert min(rates) >= optim.lr * optim.lr_decay * 0.999
+        assert optim.lr_decay >= 0.1
+
+
+def test_the_paper_recipe_starts_output_biases_at_the_log_label_frequencies():
+    recipe = load_recipe(shipped_recipe("brain"))
+    assert recipe.model.bias_from_frequencies and recipe.stage2.prior_shift == 1.0
+    frequencies = [0.9, 0.05, 0.03, 0.02]
+    from braver.train import recipe_model
+
+    class FakeCache:
+        channels = ["t1", "t1c", "t2", "flair"]
+
+        class scheme:
+            num_classes = 4
+
+    model = recipe_model(recipe, FakeCache, frequencies)
+    torch.testing.assert_close(
+        model.output.bias, torch.log(torch.tensor(frequencies)), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_pixel_cross_entropy_flattens_tiles_and_patches():
@@ -60,17 +97,14 @@ def test_fast_conv_backward_gives_the_same_gradients():
     torch.testing.assert_close(fast(patch), plain(patch))
 
 
-def test_phases_of_a_cascade():
-    recipe = load_recipe(shipped_recipe("brain"), ["model.name=input_cascade"])
-    model = create_model("input_cascade")
-    first, stage1, stage2 = plan_phases(recipe, model)
-    assert first.name == "first" and first.first_network and first.sampling == "balanced"
-    assert stage1.train == ["second"] and stage1.freeze == ["first"]
-    assert stage2.train == ["second.output"] and stage2.sampling == "natural"
-
-
-def test_phases_of_a_twopath():
-    recipe = load_recipe(shipped_recipe("brain"))
-    phases = plan_phases(recipe, create_model("twopath"))
-    assert [p.name for p in phases] == ["stage1", "stage2"]
-    assert phases[0].train == [] and phases[1].train == ["output"]
+def test_a_frozen_first_network_runs_without_dropout_in_training_mode():
+    torch.manual_seed(0)
+    model = create_model("input_cascade", dropout=0.5)
+    wide = torch.randn(2, 4, 65, 65)
+    model.train()
+    a, b = model.first(wide), model.first(wide)
+    assert not torch.equal(a, b)  # trainable: dropout is on
+    model.first.requires_grad_(False)
+    model.train()
+    assert not model.first.training and model.second.training
+    torch.testing.assert_close(model.first(wide), model.first(wide), rtol=0, atol=0)

@@ -1,0 +1,282 @@
+"""The recipe runner: one fit of one Learner with the paper's callbacks, into a run folder."""
+
+import io
+import json
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+from rich.console import Console
+from safetensors.torch import load_file
+
+from braver.recipe import load_recipe, shipped_recipe
+from braver.train import runner
+
+TINY = [
+    "data.mode=tile",
+    "data.tile=4",
+    "data.batch_size=2",
+    "data.validation_fraction=0.25",
+    "data.validation_patches=4",
+    "stage1.epochs=1",
+    "stage1.patches_per_epoch=4",
+    "stage2.epochs=1",
+    "stage2.patches_per_epoch=4",
+    "cascade.first_epochs=1",
+    "cascade.first_patches_per_epoch=4",
+    "cascade.first_stage2_epochs=1",
+    "model.dropout=0.0",
+]
+
+
+def _stages(folder):
+    return [line.split(",")[0] for line in (folder / "history.csv").read_text().splitlines()[1:]]
+
+
+@pytest.mark.slow
+def test_cascade_trains_first_network_with_both_stages_then_keeps_it_frozen(
+    tiny_cache, tmp_path, monkeypatch
+):
+    snapshots = {}
+    save = runner.save_checkpoint
+
+    def remember(folder, model, state):
+        save(folder, model, state)
+        key = ",".join(state["finished"])
+        snapshots.setdefault(key, {k: v.clone() for k, v in model.state_dict().items()})
+
+    monkeypatch.setattr(runner, "save_checkpoint", remember)
+    recipe = load_recipe(shipped_recipe("brain"), [*TINY, "model.name=mf_cascade"])
+    torch.manual_seed(0)
+    folder = runner.train_from_recipe(recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False)
+    after_first = snapshots["first"]
+    final = load_file(str(folder / "model.safetensors"))
+    for name, value in final.items():
+        if name.startswith("first."):
+            assert torch.equal(value, after_first[name]), name
+    changed = [
+        n for n in final if n.startswith("second.") and not torch.equal(final[n], after_first[n])
+    ]
+    assert changed
+    # the paper trains TwoPathCNN* with both phases before fixing it
+    assert _stages(folder) == ["first.stage1", "first.stage2", "stage1", "stage2"]
+
+
+class _Blow(Callback):
+    """From epoch ``at`` on, multiply the learning rate by a huge factor: a schedule that diverges."""
+
+    order = -3
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def before_epoch(self):
+        if getattr(self.learn, "epoch_offset", 0) + self.epoch >= self.at:
+            self.learn.opt.set_hyper("lr", 1e9)
+
+
+class _Snapshot(Callback):
+    order = 80
+
+    def __init__(self):
+        self.states = []
+
+    def after_epoch(self):
+        self.states.append({k: v.clone() for k, v in self.learn.model.state_dict().items()})
+
+
+def test_a_diverging_run_rolls_back_keeps_its_best_epoch_and_warns(tiny_cache, tmp_path):
+    recipe = load_recipe(
+        shipped_recipe("brain"),
+        [*TINY, "stage1.epochs=3", "optim.divergence_retries=1", "optim.lr=0.01"],
+    )
+    snapshot = _Snapshot()
+    out = io.StringIO()
+    with pytest.warns(UserWarning, match="diverged"):
+        folder = runner.train_from_recipe(
+            recipe,
+            cache=tiny_cache.root,
+            out=tmp_path,
+            evaluate=False,
+            console=Console(file=out, width=200),
+            progress=False,
+            callbacks=[_Blow(at=1), snapshot],
+        )
+    info = json.loads((folder / "run.json").read_text())
+    assert info["extra"]["diverged"] is True
+    assert [r["epoch"] for r in info["extra"]["rollbacks"]] == [1, 2]
+    assert info["extra"]["kept_epochs"]["stage1"] == 0
+    final = load_file(str(folder / "model.safetensors"))
+    for name, value in final.items():  # the good epoch's weights, not the diverged ones
+        assert torch.equal(value, snapshot.states[0][name]), name
+    assert "training diverged" in out.getvalue()
+    assert _stages(folder) == ["stage1", "stage1", "stage1"]  # stage 2 never ran
+
+
+def test_a_run_whose_weights_are_not_finite_is_an_error_and_writes_no_weights(
+    tiny_cache, tmp_path
+):
+    from braver.errors import BraverError
+    from braver.runs import WEIGHTS_FILE
+
+    class Poison(Callback):
+        order = 90
+
+        def after_fit(self):
+            with torch.no_grad():
+                next(self.learn.model.parameters()).fill_(float("nan"))
+
+    recipe = load_recipe(shipped_recipe("brain"), TINY)
+    with pytest.raises(BraverError, match="diverged"):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False, callbacks=[Poison()]
+        )
+    assert not list(tmp_path.glob(f"*/{WEIGHTS_FILE}"))
+
+
+def test_history_records_the_learning_rate_and_momentum_each_epoch_used(tiny_cache, tmp_path):
+    import csv
+
+    recipe = load_recipe(
+        shipped_recipe("brain"),
+        [*TINY, "stage1.epochs=3", "optim.lr_saturate=2", "optim.momentum_epochs=2",
+         "stage2.lr=0.001"],  # fmt: skip
+    )
+    folder = runner.train_from_recipe(recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False)
+    rows = list(csv.DictReader((folder / "history.csv").open()))
+    assert [r["stage"] for r in rows] == ["stage1"] * 3 + ["stage2"]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.005, 0.00275, 0.0005, 0.001])
+    assert [float(r["momentum"]) for r in rows] == pytest.approx([0.5, 0.7, 0.9, 0.5])
+
+
+@pytest.mark.slow
+def test_flips_are_announced_off_for_an_even_input_size(tiny_cache, tmp_path):
+    out = io.StringIO()
+    recipe = load_recipe(
+        shipped_recipe("brain"),
+        [*TINY, "model.name=local_cascade", "data.flip=true", "cascade.first_epochs=0",
+         "cascade.first_stage2_epochs=0"],  # fmt: skip
+    )
+    runner.train_from_recipe(
+        recipe,
+        cache=tiny_cache.root,
+        out=tmp_path,
+        evaluate=False,
+        console=Console(file=out, width=200),
+        progress=False,
+    )
+    text = out.getvalue()
+    assert "data.flip is off for inputs 33+56" in text and "even input size" in text
+
+
+class _Interrupt(Callback):
+    """Stops the process (as Ctrl-C would) after the checkpoint of run epoch ``at``."""
+
+    order = 75  # after Checkpoint (70)
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def after_epoch(self):
+        if getattr(self.learn, "epoch_offset", 0) + self.epoch == self.at:
+            raise KeyboardInterrupt
+
+
+class _Watch(Callback):
+    """Records the weights at the start of the fit, and each epoch's drawn centres and lr."""
+
+    order = 80
+
+    def __init__(self):
+        self.start, self.centres, self.lrs = None, [], []
+
+    def before_fit(self):
+        self.start = {k: v.clone() for k, v in self.learn.model.state_dict().items()}
+
+    def before_train(self):
+        self.lrs.append(self.learn.opt.hypers[-1]["lr"])
+
+    def after_train(self):
+        self.centres.append(self.learn.dls.train.centres.copy())
+
+
+def test_resume_loads_the_checkpoint_and_continues_schedule_and_patches(tiny_cache, tmp_path):
+    from braver.train.stages import paper_lr
+
+    sets = [*TINY, "stage1.epochs=3", "optim.lr_saturate=3"]
+    recipe = load_recipe(shipped_recipe("brain"), sets)
+    whole = _Watch()
+    runner.train_from_recipe(
+        recipe, cache=tiny_cache.root, out=tmp_path / "whole", evaluate=False, callbacks=[whole]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path / "cut", evaluate=False,
+            callbacks=[_Interrupt(at=1)],
+        )  # fmt: skip
+    (folder,) = (tmp_path / "cut").iterdir()
+    checkpoint = load_file(str(folder / "checkpoint.safetensors"))
+    resumed = _Watch()
+    runner.train_from_recipe(recipe, resume=folder, evaluate=False, callbacks=[resumed])
+    for name, value in checkpoint.items():  # the resumed fit starts from the checkpoint
+        assert torch.equal(resumed.start[name], value), name
+    # epoch 2 of the run: its own learning rate and its own patches, not epoch 0's again
+    assert resumed.lrs[0] == pytest.approx(paper_lr(recipe.optim, recipe.optim.lr, 2))
+    assert resumed.lrs[0] == pytest.approx(whole.lrs[2])
+    assert (resumed.centres[0] == whole.centres[2]).all()
+    assert not (resumed.centres[0] == whole.centres[0]).all()
+
+
+def test_stage_two_trains_only_the_output_layer_on_natural_patches(tiny_cache, tmp_path):
+    """Every non-output weight bit-identical through stage 2, which draws natural patches."""
+    from braver.data.sampling import PatchSampler
+
+    samplings = []
+    before_stage2 = {}
+
+    class Spy(Callback):
+        order = 80
+
+        def before_train(self):
+            samplings.append((self.learn.stage, self.learn.dls.train.sampling))
+            if self.learn.stage == "stage2" and not before_stage2:
+                before_stage2.update(
+                    {k: v.clone() for k, v in self.learn.model.state_dict().items()}
+                )
+
+    calls = []
+    sample = PatchSampler.sample
+
+    def counting(self, n, mode, rng):
+        calls.append(mode)
+        return sample(self, n, mode, rng)
+
+    recipe = load_recipe(shipped_recipe("brain"), [*TINY, "stage2.epochs=2"])
+    PatchSampler.sample = counting
+    try:
+        folder = runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False, callbacks=[Spy()]
+        )
+    finally:
+        PatchSampler.sample = sample
+    assert samplings == [("stage1", "balanced"), ("stage2", "natural"), ("stage2", "natural")]
+    assert "natural" in calls
+    final = load_file(str(folder / "model.safetensors"))
+    for name, value in final.items():
+        if name.startswith("output."):
+            assert not torch.equal(value, before_stage2[name]), name
+        else:
+            assert torch.equal(value, before_stage2[name]), name
+
+
+def test_stage_two_shifts_the_output_biases_by_the_natural_prior(tiny_cache, tmp_path):
+    from braver.data.sampling import PatchSampler
+    from braver.train.stages import shift_output_prior
+
+    model = runner.recipe_model(load_recipe(shipped_recipe("brain")), tiny_cache)
+    sampler = PatchSampler.from_cache(tiny_cache, tiny_cache.case_ids)
+    totals = sampler.class_totals.astype(float)
+    before = model.output.bias.detach().clone()
+    shift_output_prior(model, sampler, 0.5)
+    want = 0.5 * torch.log(torch.tensor(totals / totals.sum() * 4, dtype=torch.float32))
+    torch.testing.assert_close(model.output.bias - before, want)

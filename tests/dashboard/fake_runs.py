@@ -57,7 +57,12 @@ def write_previews(folder: Path, case_ids: list[str], slices=(3, 5, 7), version:
             truth[disc] = (227, 26, 28, 140)
             Image.fromarray(truth).save(out / f"truth_z{z}.png")
             pred = np.zeros((size, size, 4), np.uint8)
-            pred[(yy - 12) ** 2 + (xx - 12) ** 2 < (1 + version + z % 2) ** 2] = (56, 125, 184, 140)
+            pred[(yy - 12) ** 2 + (xx - 12) ** 2 < (1 + version + z // 2) ** 2] = (
+                56,
+                125,
+                184,
+                140,
+            )
             Image.fromarray(pred).save(out / f"pred_z{z}.png")
         cases.append(
             {

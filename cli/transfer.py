@@ -2,7 +2,7 @@
 
 ``braver transfer liver --freeze local`` adapts the latest brain run under ./runs (or
 ``--from RUN``) to 1 CT channel and 3 classes, trains it on the liver phantoms (or ``--data``)
-with the local path frozen, and writes the comparison table (``braver.transfer_study``).
+with the local path frozen, and writes the comparison table (``braver.studies.transfer``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 
 from braver.cli._common import console, is_interactive
-from braver.errors import BraverError
 
 
 def register(app: typer.Typer) -> None:
@@ -51,8 +50,12 @@ def register(app: typer.Typer) -> None:
                 "--freeze",
                 metavar="GROUP[,GROUP…]",
                 help="One setup: groups kept frozen (local, global, both, none, first, second, "
-                "a group or layer name; a comma list freezes several). Repeat for more setups. "
-                "Default: the recipe's setups.",
+                "a group or layer name; a comma list freezes several). local freezes the local "
+                "path (7x7 and 3x3 convolutions) of a TwoPathCNN, and of both networks of a "
+                "cascade. Cascades also take the seed study's setups: seed-local-output, "
+                "seed-global-output, seed-both-outputs (only those output layers train) and "
+                "seed-e2e. Repeat for more setups. Default: the recipe's setups (on a cascade "
+                "the seed's four, then the baseline).",
                 show_default=False,
             ),
         ] = None,
@@ -97,73 +100,41 @@ def register(app: typer.Typer) -> None:
         Each --freeze value is one setup and one run folder; the study folder
         (OUT/transfer-liver-<time>) gets the table as CSV, JSON and a PNG bar chart.
         """
-        import torch
-
-        from braver.recipe import shipped_recipe
-        from braver.runs import find_latest_run, load_model, resolve_run
-        from braver.transfer import STRATEGIES
-        from braver.transfer_study import load_liver_recipe, plan_setups, run_study
-
-        if strategy is not None and strategy not in STRATEGIES:
-            raise BraverError(
-                f"unknown channel strategy {strategy!r}",
-                hint=f"choose one of: {', '.join(STRATEGIES)}",
-            )
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        path = Path(recipe)
-        if path.suffix != ".toml":
-            path = shipped_recipe(recipe)
-        elif not path.exists():
-            raise BraverError("recipe file not found", path, "check the path")
-        loaded, settings = load_liver_recipe(
-            path, overrides or [], profile=None if data else "phantom"
-        )
-        if source is None:
-            source = find_latest_run(runs, "brain")
-            if source is None:
-                raise BraverError(
-                    "no finished brain run",
-                    runs,
-                    "run 'braver train brain' first, or pass --from RUN",
-                )
-            console.print(f"Starting from the latest brain run: [bold]{source}[/]")
-        else:
-            source = resolve_run(source, runs, "brain", "braver transfer")
-        brain, info = load_model(source)
-        if info.kind == loaded.kind:
-            raise BraverError(
-                f"is already a {info.kind} run",
-                source,
-                "pass a brain run with --from (transfer starts from another task)",
-            )
-        setups = plan_setups(brain, freeze, baseline, settings)  # every name checked first
-        progress = is_interactive()
         from braver.cli.train import training_cache
-        from braver.preprocess import PrepareSettings
+        from braver.studies.transfer import plan_transfer_study, run_transfer_study
 
-        prepare = PrepareSettings.from_dict(
-            {k: tuple(v) if isinstance(v, list) else v for k, v in settings.prepare.items()}
+        plan = plan_transfer_study(
+            recipe,
+            source=source,
+            runs=runs,
+            freeze=freeze,
+            baseline=baseline,
+            strategy=strategy,
+            overrides=overrides or [],
+            data=data,
         )
+        if plan.latest:
+            console.print(f"Starting from the latest brain run: [bold]{plan.brain_run}[/]")
+        progress = is_interactive()
         cache = training_cache(
-            loaded.kind, data, format=format, workers=workers, progress=progress, settings=prepare
+            plan.recipe.kind,
+            data,
+            format=format,
+            workers=workers,
+            progress=progress,
+            settings=plan.prepare,
         )
         console.print(
-            f"[bold]{len(setups)} setup(s)[/] from {info.model['name']} "
-            f"({source.name}), channels by [bold]{strategy or settings.strategy}[/]: "
-            + "; ".join(f"{s.name} ({', '.join(s.freeze) or 'nothing'} frozen)" for s in setups)
+            f"[bold]{len(plan.setups)} setup(s)[/] from {plan.brain.config['name']} "
+            f"({plan.brain_run.name}), channels by [bold]{plan.strategy}[/]: "
+            + "; ".join(
+                f"{s.name} ({', '.join(s.freeze) or 'nothing'} frozen)" for s in plan.setups
+            )
         )
-        result = run_study(
-            loaded,
-            settings,
-            setups,
-            brain_run=source,
-            cache=cache,
-            out=out,
-            device=device,
-            data=data,
-            strategy=strategy,
-            console=console,
-            progress=progress,
+        study = run_transfer_study(
+            plan, cache=cache, out=out, device=device, console=console, progress=progress
         )
-        console.print(f"wrote transfer.csv, transfer.json and transfer.png to {result.folder}")
+        console.print(study.table())
+        for row in study.rows:
+            console.print(f"  {row['setup']}: {row['run']}", highlight=False)
+        console.print(f"wrote transfer.csv, transfer.json and transfer.png to {study.folder}")

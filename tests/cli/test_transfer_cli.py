@@ -25,7 +25,7 @@ def _load(path: Path, name: str):
     return module
 
 
-study = _load(TESTS / "test_transfer_study.py", "braver_test_transfer_study")
+study = _load(TESTS / "studies" / "test_transfer_study.py", "braver_test_transfer_study")
 evaluate = _load(TESTS / "cli" / "test_evaluate.py", "braver_test_evaluate")
 
 

@@ -1,4 +1,4 @@
-"""braver.transfer_study: freeze values, setups, the liver recipe, and freezing during a fit."""
+"""braver.studies.transfer: freeze values, setups (the seed's too), the liver recipe, fits."""
 
 from __future__ import annotations
 
@@ -14,19 +14,22 @@ from braver.data.phantoms import synth_liver
 from braver.errors import BraverError
 from braver.models import create_model
 from braver.preprocess import prepare_dataset
-from braver.recipe import shipped_recipe
-from braver.transfer_study import (
+from braver.recipe import TransferSection, shipped_recipe
+from braver.studies.transfer import (
+    SEED_SETUPS,
     Setup,
     TransferSettings,
+    comparison_table,
     load_liver_recipe,
     plan_setups,
     resolve_freeze,
+    seed_setup,
     train_setup,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# one short epoch per phase on 12x12 tiles (also used by tests/cli/test_transfer.py)
+# one short epoch per phase on 12x12 tiles (also used by tests/cli/test_transfer_cli.py)
 TINY = [
     "data.tile=4",
     "data.batch_size=2",
@@ -70,14 +73,22 @@ def test_freeze_presets_and_names():
     message = str(error.value)
     assert "--freeze 'first': not a group or layer of this twopath network" in message
     assert "presets: both, none; groups: local, global, output; layers: local.conv1" in message
+    with pytest.raises(BraverError, match="presets: both, none, seed-local-output, seed-global"):
+        resolve_freeze(cascade, "frist")
     with pytest.raises(BraverError, match="matches several layers"):
         resolve_freeze(cascade, "conv2")
 
 
 def test_default_setups_reproduce_the_seed_study():
     _, settings = liver_recipe()
-    names = [s.name for s in plan_setups(create_model("input_cascade"), None, False, settings)]
-    assert names == ["local scale", "global scale", "both scales", "baseline (from scratch)"]
+    setups = plan_setups(create_model("input_cascade"), None, False, settings)
+    assert [s.name for s in setups] == [*SEED_SETUPS, "baseline (from scratch)"]
+    assert [s.seed.seed_name for s in setups[:4]] == [
+        "local scale",
+        "global scale",
+        "global & local scale",
+        "E2E",
+    ]
     setups = plan_setups(create_model("twopath"), None, False, settings)
     assert [(s.name, s.freeze) for s in setups] == [
         ("freeze local", ["local"]),
@@ -93,7 +104,9 @@ def test_default_setups_reproduce_the_seed_study():
     setups = plan_setups(create_model("twopath"), ["global,output"], True, settings)
     assert [s.name for s in setups] == ["freeze global+output", "baseline (from scratch)"]
     with pytest.raises(BraverError, match="no default setups"):
-        plan_setups(create_model("twopath"), None, False, TransferSettings(baseline=False))
+        plan_setups(
+            create_model("twopath"), None, False, TransferSettings(TransferSection(baseline=False))
+        )
 
 
 def test_liver_recipe_tables_and_overrides(tmp_path):
@@ -101,17 +114,57 @@ def test_liver_recipe_tables_and_overrides(tmp_path):
     assert recipe.kind == "liver" and recipe.name == "liver-phantom" and recipe.data.mode == "tile"
     assert recipe.stage2.train == ["output"]  # dual-stage schedule
     assert settings.strategy == "average" and settings.baseline
-    assert settings.prepare["hu_window"] == [-100, 200]
+    assert settings.prepare.hu_window == (-100.0, 200.0)
     base, _ = load_liver_recipe(shipped_recipe("liver"))
     assert base.data.mode == "patch" and base.name == "liver"
     bad = tmp_path / "bad.toml"
     bad.write_text('kind = "liver"\n[transfer]\nstrategy = "sum"\nfreeze = ["local"]\n')
     with pytest.raises(BraverError, match="unknown key transfer.freeze"):
         load_liver_recipe(bad)
-    with pytest.raises(BraverError, match="transfer.strategy = 'median' is not a strategy"):
+    with pytest.raises(BraverError, match="transfer.strategy = 'median' must be one of sum"):
         liver_recipe("transfer.strategy=median")
     with pytest.raises(BraverError, match="unknown key stage1.epoch"):
         liver_recipe("stage1.epoch=2")
+    with pytest.raises(BraverError, match=r"liver.toml: unknown key prepare.window; known keys"):
+        liver_recipe("prepare.window=[0, 1]")
+    with pytest.raises(BraverError, match=r"liver.toml: \[prepare\]: HU window \[200.0, 100.0\]"):
+        liver_recipe("prepare.hu_window=[200, 100]")
+    with pytest.raises(BraverError, match="transfer.setups.cascade must be a table"):
+        liver_recipe("transfer.setups.cascade=[3]")
+
+
+def test_seed_setups_freeze_every_feature_layer_and_the_outputs_they_do_not_train():
+    cascade = create_model("input_cascade")
+    features = ["first.local", "first.global", "second.local", "second.global"]
+    local = seed_setup(cascade, "seed-local-output")
+    assert local.freeze == [*features, "first.output"] and local.keep_outputs == ["first.output"]
+    assert local.class_map == "keep" and local.seed.trainable_parameters == 600_000
+    both = seed_setup(cascade, "seed-both-outputs", "both outputs")
+    assert both.name == "both outputs" and both.freeze == features and both.keep_outputs == []
+    e2e = seed_setup(cascade, "seed-e2e")
+    assert e2e.freeze == [] and e2e.keep_outputs == [] and e2e.seed.valid_accuracy == 0.86
+    with pytest.raises(BraverError, match="a setup of the seed study's InputCascadeCNN"):
+        plan_setups(create_model("twopath"), ["seed-e2e"], False, TransferSettings())
+    (setup,) = plan_setups(cascade, ["seed-global-output"], False, TransferSettings())
+    assert setup.keep_outputs == ["second.output"] and "first.output" not in setup.freeze
+
+
+def test_comparison_table_puts_the_seed_figures_beside_braver_figures():
+    rows = [
+        {"setup": "seed-e2e", "seed_setup": "E2E", "trainable_parameters": 10,
+         "seed_trainable_parameters": 2_200_000, "valid_accuracy": 0.5,
+         "seed_valid_accuracy": 0.86},
+        {"setup": "baseline (from scratch)", "trainable_parameters": 12},
+    ]  # fmt: skip
+    table = comparison_table(rows, "t")
+    headings = [c.header for c in table.columns]
+    at = headings.index("trained params")
+    assert headings[at + 1] == "trained params (seed)"
+    assert headings[headings.index("valid acc") + 1] == "valid acc (seed)"
+    assert list(table.columns[0].cells) == ["seed-e2e (seed: E2E)", "baseline (from scratch)"]
+    assert list(table.columns[at + 1].cells) == ["2,200,000", "—"]
+    plain = comparison_table([rows[1]], "t")
+    assert not any("seed" in c.header for c in plain.columns)
 
 
 def _seeded_brain(name):
@@ -193,7 +246,7 @@ def test_cascade_local_scale_keeps_the_first_network_but_its_new_output(
     assert not torch.equal(final["first.output.weight"], start["first.output.weight"])
     assert not torch.equal(final["second.global.conv1.weight"], start["second.global.conv1.weight"])
     stages = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
-    assert stages == ["first", "stage1", "stage2"]
+    assert stages == ["first.stage1", "first.stage2", "stage1", "stage2"]
 
 
 def test_first_phase_skipped_when_the_first_network_is_entirely_frozen(
@@ -217,16 +270,16 @@ def test_first_phase_skipped_when_the_first_network_is_entirely_frozen(
 
 def test_an_interrupted_setup_resumes_with_its_groups_frozen(liver_cache, tmp_path, monkeypatch):
     from braver.recipe import load_recipe
-    from braver.train import loop
+    from braver.train import runner as train_runner
 
-    original = loop.Checkpoint.after_epoch
+    original = train_runner.Checkpoint.after_epoch
 
     def interrupt(self):
         original(self)
-        if self.phase == "stage1" and self.state["epochs_done"] == 1:
+        if self.state["stage"] == "stage1" and self.state["epochs_done"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop.Checkpoint, "after_epoch", interrupt)
+    monkeypatch.setattr(train_runner.Checkpoint, "after_epoch", interrupt)
     brain = _seeded_brain("twopath")
     recipe, _ = liver_recipe("stage1.epochs=2")
     from braver.data.cache import Cache
@@ -238,10 +291,10 @@ def test_an_interrupted_setup_resumes_with_its_groups_frozen(liver_cache, tmp_pa
             out=tmp_path / "runs", device="cpu", data=None, strategy="sum",
             class_map="reinit", console=None, progress=False,
         )  # fmt: skip
-    monkeypatch.setattr(loop.Checkpoint, "after_epoch", original)
+    monkeypatch.setattr(train_runner.Checkpoint, "after_epoch", original)
     (folder,) = (tmp_path / "runs").iterdir()
     start = load_file(str(folder / "checkpoint.safetensors"))
-    run = loop.train_from_recipe(load_recipe(folder / "recipe.toml"), resume=folder)
+    run = train_runner.train_from_recipe(load_recipe(folder / "recipe.toml"), resume=folder)
     final = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(final[n], start[n]) for n in start if n.startswith("local."))
     assert not torch.equal(final["output.weight"], start["output.weight"])
@@ -273,3 +326,20 @@ def test_cascade_global_scale_trains_only_the_class_map_channels_of_the_second_n
     )
     output = second["second.output.weight"] + second["second.output.bias"]
     assert transfer["trained_parameters"] == first + class_map + output
+
+
+def test_seed_local_output_trains_the_second_output_layer_alone(liver_cache, tmp_path, monkeypatch):
+    brain = _seeded_brain("input_cascade")
+    setup = seed_setup(brain, "seed-local-output")
+    start, final, run = _fit(setup, brain, liver_cache, tmp_path, monkeypatch)
+    changed = sorted(n for n in final if not torch.equal(final[n], start[n]))
+    assert changed == ["second.output.bias", "second.output.weight"]
+    # the frozen first output keeps the brain's classes 0-2; the class-map weights are the brain's
+    assert torch.equal(final["first.output.weight"], brain.first.output.weight[:3])
+    assert torch.equal(
+        final["second.local.conv1.weight"][:, 1:], brain.second.local.conv1.weight[:, 4:7]
+    )
+    transfer = json.loads((run / "run.json").read_text())["extra"]["transfer"]
+    assert transfer["trained_parameters"] == 3 * 224 * 21 * 21 + 3
+    assert transfer["kept_outputs"] == ["first.output"] and transfer["seed_setup"] == "local scale"
+    assert transfer["kept_trainable"] == ["second.output.weight", "second.output.bias"]

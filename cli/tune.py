@@ -156,7 +156,8 @@ def register(app: typer.Typer) -> None:
         progress = is_interactive()
         cache = training_cache(loaded.kind, data, format=format, workers=workers, progress=progress)
         scheme = Cache.open(cache).scheme
-        metric = metric or DEFAULT_METRIC.get(loaded.kind, f"{scheme.regions[0]}_dice")
+        if metric is None:
+            metric = DEFAULT_METRIC.get(loaded.kind) or f"{next(iter(scheme.regions))}_dice"
         name = study or loaded.name
         result = run_tune(
             loaded,

@@ -230,15 +230,19 @@ def _parse_param(key: str, spec: Any, recipe: Recipe, path: Path) -> SpaceParam:
         raise BraverError(f"{key}: a log range takes no step", path, "drop log or step")
     if step is not None and step <= 0:
         raise BraverError(f"{key}: step = {step!r} must be positive", path, "fix it")
-    lowest = apply_params(recipe, {key: low}, source=path)  # unknown key, type, range
-    apply_params(recipe, {key: high}, source=path)
-    value = _get_dotted(lowest.to_dict(), key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    try:
+        current = _get_dotted(recipe.to_dict(), key)
+    except (KeyError, TypeError):
+        current = None  # an unknown key: the recipe schema names it just below
+    if current is not None and (isinstance(current, bool) or not isinstance(current, int | float)):
         raise BraverError(
             f"{key} is not a number, so it takes a list of choices, not a range",
             path,
-            f'write e.g. "{key}" = [{_literal(value)}]',
+            f'write e.g. "{key}" = [{_literal(current)}]',
         )
+    lowest = apply_params(recipe, {key: low}, source=path)  # unknown key, type, range
+    apply_params(recipe, {key: high}, source=path)
+    value = _get_dotted(lowest.to_dict(), key)
     kind = "int" if isinstance(value, int) else "float"
     if kind == "int" and step is not None and not isinstance(step, int):
         raise BraverError(f"{key}: step = {step!r} must be an integer", path, "fix the range")
@@ -415,7 +419,7 @@ def tune(
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(folder / STUDY_DB).resolve()}"
     direction = metric_direction(metric)
-    study, rdb = _open_study(url, study_name, direction, pruner, seed, trials)
+    study, rdb, created = _open_study(url, study_name, direction, pruner, seed, trials)
     settings = {
         "recipe": {k: v for k, v in recipe.to_dict().items() if k != "name"},
         "space": space.to_dict(),
@@ -433,7 +437,7 @@ def tune(
     )
     for param in space.params:
         _say(console, f"  {param.describe()}")
-    if baseline and not study.trials:
+    if baseline and created:
         base = space.base_values(recipe)
         if base:
             study.enqueue_trial(base, user_attrs={"baseline": True})
@@ -442,9 +446,10 @@ def tune(
     trials_folder = folder / "trials"
 
     def objective(trial) -> float:
-        params = space.suggest(trial)
+        # first: which process runs the trial, so a later process can tell it died
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        params = space.suggest(trial)
         name = f"{recipe.name}-trial{trial.number:04d}"
         trial_recipe = apply_params(recipe, params, source=space.source, name=name)
         if console is not None:
@@ -496,12 +501,14 @@ def _open_study(url: str, name: str, direction: str, pruner, seed, trials: int):
         # trials of several processes write to one file: wait for the lock instead of failing
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        storage = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-        )
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+            )
     except Exception as error:  # a bad URL, a missing driver, an unreachable server
         raise BraverError(
             f"cannot open the study storage {_safe_url(url)} ({type(error).__name__}: {error})",
@@ -520,22 +527,21 @@ def _open_study(url: str, name: str, direction: str, pruner, seed, trials: int):
             multivariate=True,
             constant_liar=True,
         )
+    options = dict(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
     try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=name,
-            direction=direction,
-            sampler=sampler,
-            pruner=pruner,
-            load_if_exists=True,
-        )
-    except ValueError as error:  # the study exists with the other direction
+        # only the process whose create succeeds counts as the creator (the name is unique
+        # in the database), so two processes starting together do not both seed the study
+        study, created = optuna.create_study(direction=direction, **options), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(**options), False
+    if study.direction.name.lower() != direction:
         raise BraverError(
-            f"study {name!r} cannot be resumed ({error})",
+            f"study {name!r} ({_safe_url(url)}) {study.direction.name.lower()}s its metric, "
+            f"and --metric asks to {direction} it",
             None,
-            "use the same --metric or a new --study name",
-        ) from None
-    return study, storage
+            "use the study's own --metric or a new --study name",
+        )
+    return study, storage, created
 
 
 def make_pruner(name: str):
@@ -562,8 +568,8 @@ def _check_settings(study, settings: dict, name: str, url: str) -> None:
         return
     before = stored["settings"]
     for part in ("metric", "space", "recipe"):
-        if before.get(part) != settings[part]:
-            what = _first_difference(before.get(part), settings[part], part)
+        what = _first_difference(before.get(part), settings[part], part)
+        if what is not None:
             raise BraverError(
                 f"study {name!r} ({_safe_url(url)}) was started with other settings ({what})",
                 None,
@@ -571,14 +577,18 @@ def _check_settings(study, settings: dict, name: str, url: str) -> None:
             )
 
 
-def _first_difference(old: Any, new: Any, where: str) -> str:
+def _first_difference(old: Any, new: Any, where: str) -> str | None:
+    """Where two settings differ, or None. A recipe key only one side has (a braver version
+    that added or dropped it) is not a difference."""
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f"{where}.{key}")
-    if where.startswith("recipe."):
-        where = where.removeprefix("recipe.")
-    return f"{where}: {_show(old)} then, {_show(new)} now"
+        for key in sorted(set(old) & set(new)):
+            found = _first_difference(old[key], new[key], f"{where}.{key}")
+            if found is not None:
+                return found
+        return None
+    if old == new:
+        return None
+    return f"{where.removeprefix('recipe.')}: {_show(old)} then, {_show(new)} now"
 
 
 def _fail_interrupted(study, storage, name: str) -> list[int]:

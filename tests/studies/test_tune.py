@@ -1,0 +1,371 @@
+"""braver tune: Optuna studies over recipe keys on a tiny cache, one short trial each."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from braver.cli.main import app
+from braver.errors import BraverError
+from braver.recipe import load_recipe, shipped_recipe
+from braver.studies.tune import (
+    PRUNED_FILE,
+    load_space,
+    metric_direction,
+    recipe_trainer,
+    tune,
+)
+
+_spec = importlib.util.spec_from_file_location(
+    "braver_tiny_cache", Path(__file__).parents[1] / "train" / "tiny.py"
+)
+tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny)
+
+runner = CliRunner()
+
+# one balanced epoch of 8 tiles and no second stage: a trial trains and evaluates in seconds
+TINY = [
+    "data.mode=tile",
+    "data.tile=8",
+    "data.batch_size=4",
+    "data.validation_fraction=0.25",
+    "data.validation_patches=8",
+    "stage1.epochs=1",
+    "stage1.patches_per_epoch=8",
+    "stage2.epochs=0",
+    "model.dropout=0.0",
+]
+SPACE = '"optim.lr" = { low = 0.001, high = 0.02, log = true }\n"model.init" = ["paper", "he"]\n'
+
+# what a process of the kill and sharing tests runs: a study on the tiny cache
+WORKER = """
+import sys
+from pathlib import Path
+from braver.recipe import load_recipe, shipped_recipe
+from braver.studies.tune import load_space, recipe_trainer, tune
+
+cache, folder, space, trials, *overrides = sys.argv[1:]
+recipe = load_recipe(shipped_recipe("brain"), overrides, profile="phantom")
+tune(recipe, load_space(space, recipe), recipe_trainer(cache), folder=Path(folder),
+     study_name="shared", metric="whole_tumor_dice", trials=int(trials))
+"""
+
+
+def _sets(values):
+    return [arg for value in values for arg in ("--set", value)]
+
+
+def _recipe(*extra):
+    return load_recipe(shipped_recipe("brain"), [*TINY, *extra], profile="phantom")
+
+
+@pytest.fixture
+def space_file(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text(SPACE)
+    return path
+
+
+@pytest.fixture
+def phantoms(monkeypatch, tmp_path):
+    """The phantom cache replaced by the tiny one (the real one takes a minute)."""
+    cache = tiny.write_tiny_cache(tmp_path / "cache")
+    monkeypatch.setattr(
+        "braver.data.phantoms.default_phantom_cache",
+        lambda kind="brain", progress=True: (tmp_path / "dataset", cache.root),
+    )
+    return cache
+
+
+def _load(folder: Path, name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}")
+
+
+def _states(study) -> list[str]:
+    return [t.state.name for t in study.trials]
+
+
+@pytest.mark.slow
+def test_a_three_trial_study_writes_its_results_and_best_recipe_trains(
+    phantoms, space_file, tmp_path, one_thread
+):
+    out = tmp_path / "runs"
+    args = ["tune", "brain", "--trials", "3", "--space", str(space_file), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--study", "t", "--seed", "0", *_sets(TINY)])
+    assert result.exit_code == 0, result.output
+    folder = out / "tune-t"
+    assert "Study t: whole_tumor_dice" in result.output and "Best" in result.output
+    with open(folder / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["trial"] for r in rows] == ["0", "1", "2"]
+    assert {r["state"] for r in rows} == {"complete"}
+    # trial 0 is the recipe's own values, the others are sampled inside the space
+    assert float(rows[0]["optim.lr"]) == 0.005 and rows[0]["model.init"] == "paper"
+    assert all(0.001 <= float(r["optim.lr"]) <= 0.02 for r in rows)
+    for row in rows:  # every trial is an ordinary run folder with its own metrics
+        metrics = json.loads((Path(row["run"]) / "metrics.json").read_text())
+        assert metrics["whole_tumor_dice"] == pytest.approx(float(row["whole_tumor_dice"]))
+        assert (Path(row["run"]) / "model.safetensors").exists()
+    assert len({r["run"] for r in rows}) == 3
+    for png in ("history.png", "importances.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((folder / "tune.json").read_text())
+    best_row = max(rows, key=lambda r: float(r["whole_tumor_dice"]))
+    assert summary["best"]["trial"] == int(best_row["trial"])
+    assert summary["trials"] == {"complete": 3}
+
+    best = load_recipe(folder / "best.toml")  # the schema accepts it as is
+    assert best.optim.lr == pytest.approx(float(best_row["optim.lr"]))
+    assert best.model.init == best_row["model.init"]
+    assert best.stage1.epochs == 1 and best.data.tile == 8  # the --set values stay
+    trained = runner.invoke(app, ["train", str(folder / "best.toml"), "--out", str(tmp_path / "b")])
+    assert trained.exit_code == 0, trained.output
+    (run,) = (tmp_path / "b").iterdir()
+    assert run.name.startswith("brain-phantom-tuned-") and (run / "metrics.json").exists()
+
+    # the same command again: nothing left to run, the study is reported as it is
+    again = runner.invoke(app, [*args, "--study", "t", *_sets(TINY)])
+    assert again.exit_code == 0, again.output
+    assert "3 of 3 trials finished" in again.output
+    assert len(_load(folder, "t").trials) == 3
+
+
+@pytest.mark.slow
+def test_the_pruner_stops_a_trial_whose_first_epoch_is_poor(phantoms, space_file, tmp_path):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    study = optuna.create_study(
+        storage=f"sqlite:///{folder / 'study.db'}", study_name="p", direction="maximize"
+    )
+    lr = optuna.distributions.FloatDistribution(1e-6, 2e-6, log=True)
+    # an earlier trial that reached Dice 1.0 from its first epoch on
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"optim.lr": 1e-6},
+            distributions={"optim.lr": lr},
+            value=1.0,
+            intermediate_values={0: 1.0, 1: 1.0, 2: 1.0},
+        )
+    )
+    space_file.write_text('"optim.lr" = { low = 1e-6, high = 2e-6, log = true }\n')
+    recipe = _recipe("stage1.epochs=3", "stage2.epochs=1", "stage2.patches_per_epoch=8")
+    result = tune(
+        recipe,
+        load_space(space_file, recipe),
+        recipe_trainer(phantoms.root),
+        folder=folder,
+        study_name="p",
+        metric="whole_tumor_dice",
+        trials=2,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+    )
+    trial = result.study.trials[1]
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    assert trial.intermediate_values[0] < 1.0
+    run = Path(trial.user_attrs["run"])
+    pruned = json.loads((run / PRUNED_FILE).read_text())
+    assert pruned["trial"] == 1 and pruned["epoch"] == 0
+    assert pruned["monitor"] == "whole_tumor_dice"
+    with open(run / "history.csv") as f:  # epochs 1-2 of stage 1 and stage 2 never ran
+        assert [r["stage"] for r in csv.DictReader(f)] == ["stage1"]
+    assert not (run / "metrics.json").exists() and not (run / "model.safetensors").exists()
+    assert [r["state"] for r in result.rows] == ["complete", "pruned"]
+
+
+def _worker(tmp_path, cache, folder, space, trials, *extra) -> subprocess.Popen:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(script), str(cache), str(folder), str(space), str(trials)]
+        + [*TINY, *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(folder: Path, ready, seconds: float = 180) -> list:
+    """Poll the study until ``ready(trials)``; its trials then."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if (folder / "study.db").exists():
+            try:
+                trials = _load(folder, "shared").trials
+            except Exception:  # the study is not created yet
+                trials = []
+            if ready(trials):
+                return trials
+        time.sleep(0.2)
+    raise AssertionError("the worker process did not get there in time")
+
+
+def _tune_here(folder: Path, cache: Path, space: Path, trials: int, *extra):
+    recipe = _recipe(*extra)
+    return tune(
+        recipe,
+        load_space(space, recipe),
+        recipe_trainer(cache),
+        folder=folder,
+        study_name="shared",
+        metric="whole_tumor_dice",
+        trials=trials,
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_with_its_finished_trials(tmp_path, space_file, one_thread):
+    cache = tiny.write_tiny_cache(tmp_path / "cache")
+    folder = tmp_path / "study"
+    # two epochs a trial, so that the process is killed inside one
+    process = _worker(tmp_path, cache.root, folder, space_file, 2, "stage1.epochs=2")
+
+    def second_trial_started(trials):
+        return len(trials) == 2 and trials[1].user_attrs.get("pid") is not None
+
+    try:
+        trials = _wait_for(folder, second_trial_started)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert trials[0].state == TrialState.COMPLETE, process.stdout
+    before = _load(folder, "shared").trials
+    assert before[1].state == TrialState.RUNNING  # as the killed process left it
+
+    result = _tune_here(folder, cache.root, space_file, 2, "stage1.epochs=2")
+    after = result.study.trials
+    assert after[1].state == TrialState.FAIL and after[1].user_attrs["interrupted"]
+    assert after[0].state == TrialState.COMPLETE and after[0].value == before[0].value
+    assert after[0].params == before[0].params  # the finished trial is kept as it was
+    assert [t.state for t in after[2:]] == [TrialState.COMPLETE]  # one more to reach 2
+    assert [r.get("note") for r in result.rows][1] == "interrupted"
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_sqlite_study(tmp_path, space_file, one_thread):
+    cache = tiny.write_tiny_cache(tmp_path / "cache")
+    folder = tmp_path / "study"
+    other = _worker(tmp_path, cache.root, folder, space_file, 3)
+    try:  # this process joins once the other one has its first trial running
+        _wait_for(folder, lambda trials: any(t.user_attrs.get("pid") for t in trials))
+        _tune_here(folder, cache.root, space_file, 3)
+    finally:
+        output, _ = other.communicate(timeout=240)
+    assert other.returncode == 0, output
+    trials = _load(folder, "shared").trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 3 and len(trials) == len(complete)  # none lost or failed
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert {t.user_attrs["pid"] for t in trials} == {other.pid, os.getpid()}
+    runs = [t.user_attrs["run"] for t in trials]
+    assert len(set(runs)) == len(trials) and all(Path(r, "metrics.json").exists() for r in runs)
+    points = {tuple(sorted(t.params.items())) for t in trials}
+    assert len(points) == len(trials)  # no point (the recipe's own included) tried twice
+    assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
+    with open(folder / "trials.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(trials)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('"optim.learning_rate" = { low = 0.001, high = 0.1 }\n', ["optim.learning_rate"]),
+        ('"model.dropout" = ["high", "low"]\n', ["model.dropout", "'high'", "float"]),
+        ('"data.batch_size" = { low = 1.5, high = 8 }\n', ["data.batch_size", "1.5", "int"]),
+        ('"model.init" = { low = 0, high = 1 }\n', ["model.init", "list of choices"]),
+        ('"model.dropout" = { low = 0.2, high = 1.0 }\n', ["model.dropout", "[0, 1)"]),
+        ('"optim.l2" = { low = 0.0, high = 0.1, log = true }\n', ["optim.l2", "low > 0"]),
+        ('"optim.lr" = 0.01\n', ["optim.lr", "range"]),
+        ("[optim]\nlr = { low = 0.1, hi = 0.2 }\n", ["optim.lr", "'hi'"]),
+    ],
+)
+def test_a_bad_space_is_refused_naming_the_key_and_the_file(tmp_path, text, words):
+    path = tmp_path / "bad_space.toml"
+    path.write_text(text)
+    with pytest.raises(BraverError) as error:
+        load_space(path, _recipe())
+    message = str(error.value)
+    assert str(path) in message
+    for word in words:
+        assert word in message
+
+
+def test_the_cli_refuses_a_bad_space_in_one_sentence(tmp_path):
+    path = tmp_path / "bad_space.toml"
+    path.write_text('"optim.momentum" = [0.5, 0.9]\n')
+    result = runner.invoke(app, ["tune", "brain", "--space", str(path)])
+    assert result.exit_code == 2
+    assert "unknown key optim.momentum" in result.output and "bad_space.toml" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_shipped_space_fits_the_shipped_recipes():
+    from braver.studies.tune import default_space_path
+
+    for profile in (None, "phantom"):
+        recipe = load_recipe(shipped_recipe("brain"), profile=profile)
+        space = load_space(default_space_path(), recipe, profile=profile)
+        keys = {p.key for p in space.params}
+        assert {"model.init", "model.dropout", "optim.lr", "optim.lr_decay"} <= keys
+        assert {"optim.momentum_end", "optim.l1", "optim.l2", "data.batch_size"} <= keys
+        # the recipe's own values lie inside the space, so trial 0 is the recipe itself
+        assert set(space.base_values(recipe)) == keys
+    phantom = load_space(default_space_path(), recipe, profile="phantom")
+    (batch,) = [p for p in phantom.params if p.key == "data.batch_size"]
+    assert batch.choices == (8, 16, 32)
+
+
+def test_a_resumed_study_must_keep_its_settings(tmp_path, space_file):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    study = optuna.create_study(
+        storage=f"sqlite:///{folder / 'study.db'}", study_name="s", direction="maximize"
+    )
+    recipe = _recipe()
+    settings = {
+        "recipe": {k: v for k, v in recipe.to_dict().items() if k != "name"},
+        "space": load_space(space_file, recipe).to_dict(),
+        "metric": "whole_tumor_dice",
+    }
+    study.set_user_attr("settings", json.loads(json.dumps(settings)))
+    changed = _recipe("stage1.epochs=4")
+    with pytest.raises(BraverError, match=r"stage1\.epochs: 1 then, 4 now"):
+        tune(
+            changed,
+            load_space(space_file, changed),
+            recipe_trainer(tmp_path / "no-cache"),
+            folder=folder,
+            study_name="s",
+            metric="whole_tumor_dice",
+            trials=1,
+        )
+    with pytest.raises(BraverError, match="maximizes its metric"):
+        tune(
+            recipe,
+            load_space(space_file, recipe),
+            recipe_trainer(tmp_path / "no-cache"),
+            folder=folder,
+            study_name="s",
+            metric="whole_tumor_hd95_mm",
+            trials=1,
+        )
+
+
+def test_distances_and_losses_are_minimised():
+    assert metric_direction("whole_tumor_dice") == "maximize"
+    assert metric_direction("tumor_core_hd95_mm") == "minimize"
+    assert metric_direction("valid_loss") == "minimize"

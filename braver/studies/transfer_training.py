@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,9 @@ def train_setup(
     class_map: str,
     console: Console | None,
     progress: bool,
+    callbacks: Sequence[Any] = (),
 ) -> Path:
-    """One setup → one run folder (kind ``liver``)."""
+    """One setup → one run folder (kind ``liver``); ``callbacks`` join every fit."""
     from braver.models import create_model
     from braver.train import train_from_recipe
     from braver.transfer import adapt_for_transfer
@@ -210,7 +212,7 @@ def train_setup(
         freeze=setup.freeze,
         keep_trainable=keep,
         run_extra=extra,
-        callbacks=[record, keeper],
+        callbacks=[record, keeper, *callbacks],
     )
     _record_training(run, record)
     return run

@@ -212,6 +212,12 @@ class PreviewCallback(Callback):
         from braver.runs import load_run_info
 
         info = load_run_info(self.learn.path)
+        previous = self.folder / PREVIEW_INDEX
+        if previous.exists():  # a resumed run: go on counting, so no browser keeps an old image
+            try:
+                self.version = int(json.loads(previous.read_text()).get("version", 0))
+            except (ValueError, AttributeError):
+                self.version = 0
         if not info.cache or not info.validation_cases or not Path(info.cache).exists():
             return []
         cache = Cache.open(info.cache)
@@ -419,8 +425,8 @@ class WandbTracker(Callback):
 
     order = 80  # after History (65), the checkpoint (70) and the previews (75)
 
-    def __init__(self, project: str | None = None):
-        self.project = project
+    def __init__(self, project: str | None = None, group: str | None = None):
+        self.project, self.group = project, group
         self.wandb_run = None
         self.folder: Path | None = None
         self.logged_epochs = 0
@@ -436,6 +442,7 @@ class WandbTracker(Callback):
         self.wandb_run = wandb.init(
             project=self.project or os.environ.get("WANDB_PROJECT", "braver"),
             name=self.folder.name,
+            group=self.group,  # e.g. the transfer study the run belongs to
             dir=str(self.folder),
             config=run_config(self.folder),
             reinit="create_new",  # one W&B run per run folder, also in a transfer study
@@ -476,8 +483,9 @@ class WandbTracker(Callback):
                 images[f"previews/{case['case']}"] = wandb.Image(str(png), caption=caption)
         return images
 
-    def finish(self, folder: str | Path | None = None) -> None:
-        """Log the run's end products (curves, whole-volume metrics) and close the W&B run."""
+    def finish(self, folder: str | Path | None = None, exit_code: int = 0) -> None:
+        """Log the run's end products (curves, whole-volume metrics) and close the W&B run
+        (``exit_code`` other than 0 marks it failed, e.g. after an error or divergence)."""
         if self.wandb_run is None:
             return
         wandb = require_wandb()
@@ -504,5 +512,5 @@ class WandbTracker(Callback):
             final.update({f"final/{k}": v for k, v in means.items()})
             self.wandb_run.summary.update(means)
         self.wandb_run.log(final)
-        self.wandb_run.finish()
+        self.wandb_run.finish(exit_code=exit_code)
         self.wandb_run = None

@@ -93,7 +93,7 @@ def tracked_run(tmp_path_factory):
     try:
         cache = tiny.write_tiny_cache(root / "cache")
         recipe = load_recipe(shipped_recipe("brain"), TINY)
-        previews, tracker = PreviewCallback(cases=2, slices=3), WandbTracker()
+        previews, tracker = PreviewCallback(cases=2, slices=3), WandbTracker(group="study-1")
         torch.manual_seed(0)
         folder = train_from_recipe(
             recipe,
@@ -149,6 +149,7 @@ def test_offline_wandb_run_holds_config_metrics_images_and_the_final_table(track
     folder, _ = tracked_run
     (offline,) = (folder / "wandb").glob("offline-run-*")
     run = wandb_offline.read_offline_run(offline)
+    assert (run["name"], run["group"]) == (folder.name, "study-1")
     assert run["config"]["stage1"]["epochs"] == 2
     assert run["config"]["model"]["name"] == "twopath"
     assert (

@@ -45,7 +45,8 @@ def record_bytes(path: str | Path) -> list[bytes]:
 
 
 def read_offline_run(run_dir: str | Path) -> dict:
-    """``{"config": {...}, "history": [{key: value}], "summary": {...}, "files": [...]}``."""
+    """``{"name", "group", "config": {...}, "history": [{key: value}], "summary": {...},
+    "files": [...]}``."""
     from wandb.proto import wandb_internal_pb2
 
     run_dir = Path(run_dir)
@@ -53,11 +54,13 @@ def read_offline_run(run_dir: str | Path) -> dict:
     config: dict = {}
     history: list[dict] = []
     summary: dict = {}
+    identity: dict = {}
     for raw in record_bytes(wandb_file):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
         if kind == "run":
+            identity = {"name": record.run.display_name, "group": record.run.run_group}
             updates = record.run.config.update
         elif kind == "config":
             updates = record.config.update
@@ -76,4 +79,10 @@ def read_offline_run(run_dir: str | Path) -> dict:
             for item in record.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     files = sorted(str(p.relative_to(run_dir / "files")) for p in (run_dir / "files").rglob("*"))
-    return {"config": config, "history": history, "summary": summary, "files": files}
+    return {
+        **identity,
+        "config": config,
+        "history": history,
+        "summary": summary,
+        "files": files,
+    }

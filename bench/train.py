@@ -13,6 +13,7 @@ The last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,10 +25,9 @@ def pixels_per_second(cache, model, tile: int, batch: int, steps: int, device: s
 
     from braver.data.blocks import patch_dataloaders
     from braver.recipe import OptimSection
-    from braver.train.learner import PixelCrossEntropy, fast_conv_backward
+    from braver.speedups import TrainingConvolutions
+    from braver.train.learner import PixelCrossEntropy
 
-    if device == "cpu":
-        fast_conv_backward(model)
     dls = patch_dataloaders(
         cache,
         cache.case_ids,
@@ -51,15 +51,16 @@ def pixels_per_second(cache, model, tile: int, batch: int, steps: int, device: s
         opt.zero_grad()
         return label.numel()
 
-    step(next(batches))  # warm up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    pixels = 0
-    for batch_ in batches:
-        pixels += step(batch_)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    with TrainingConvolutions() if device == "cpu" else contextlib.nullcontext():
+        step(next(batches))  # warm up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        pixels = 0
+        for batch_ in batches:
+            pixels += step(batch_)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
     return pixels / (time.perf_counter() - start)
 
 

@@ -29,13 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from scipy.fft import next_fast_len
-from torch.overrides import TorchFunctionMode
 
 from braver.data.labels import LabelScheme
 from braver.errors import BraverError
 from braver.metrics import region_scores, worst_hd95_mm
 from braver.postprocess import PostprocessOptions, is_organ_scheme, postprocess, resolve_options
+from braver.speedups import SpectralConvolutions  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from braver.data.cache import Cache, CachedCase
@@ -88,78 +87,6 @@ def _autocast(device: torch.device, bf16: bool):
     if bf16 and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()
-
-
-class SpectralConvolutions(TorchFunctionMode):
-    """Within this context, wide and thin valid convolutions run as products of FFTs (CPU).
-
-    A convolution qualifies when autograd is off, it is stride 1, unpadded, undilated, ungrouped,
-    on float32 CPU tensors, its kernel is at least ``min_kernel`` wide, it has at most
-    ``max_out_channels`` outputs (fewer than its inputs), and its output is larger than one
-    pixel: the paper's output layer in dense mode. Every other call passes through unchanged.
-    ``fft_shape`` (rows, columns) is the transform size to use when the input fits in it, so
-    that each weight is transformed once per volume (the transforms are cached per weight).
-    """
-
-    def __init__(
-        self,
-        fft_shape: tuple[int, int] | None = None,
-        *,
-        min_kernel: int = 9,
-        max_out_channels: int = 16,
-    ):
-        super().__init__()
-        self.fft_shape = fft_shape
-        self.min_kernel = min_kernel
-        self.max_out_channels = max_out_channels
-        self._weights: dict[tuple, torch.Tensor] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.conv2d and not kwargs and self._qualifies(*args):
-            return self._convolve(*args[:3])
-        return func(*args, **kwargs)
-
-    def _qualifies(self, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> bool:
-        def ones(v, value):
-            return all(e == value for e in (v if isinstance(v, (tuple, list)) else (v,)))
-
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
-            return False
-        if x.dim() != 4 or weight.dim() != 4 or groups != 1:
-            return False
-        if not (ones(stride, 1) and ones(padding, 0) and ones(dilation, 1)):
-            return False
-        out_channels, in_channels, kh, kw = weight.shape
-        return (
-            min(kh, kw) >= self.min_kernel
-            and out_channels <= self.max_out_channels
-            and out_channels < in_channels
-            and (x.shape[-2] > kh or x.shape[-1] > kw)
-        )
-
-    def _transform_size(self, height: int, width: int) -> tuple[int, int]:
-        if self.fft_shape and height <= self.fft_shape[0] and width <= self.fft_shape[1]:
-            height, width = self.fft_shape
-        return next_fast_len(height), next_fast_len(width, real=True)
-
-    def _convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-        height, width = x.shape[-2:]
-        kh, kw = weight.shape[-2:]
-        size = self._transform_size(height, width)
-        key = (id(weight), weight._version, size)
-        if key not in self._weights:
-            self._weights[key] = torch.fft.rfft2(weight.detach(), s=size)
-        spectrum = torch.fft.rfft2(x, s=size)  # (B, Cin, H', W'/2+1)
-        kernel = self._weights[key]  # (Cout, Cin, H', W'/2+1)
-        # cross-correlation: sum over input maps of X · conj(W); vecdot conjugates its first
-        product = torch.stack(
-            [torch.linalg.vecdot(kernel[o], spectrum, dim=1) for o in range(kernel.shape[0])], 1
-        )
-        out = torch.fft.irfft2(product, s=size)[..., : height - kh + 1, : width - kw + 1]
-        if bias is not None:
-            out = out + bias[:, None, None]
-        return out.contiguous()
 
 
 def predict_volume(
@@ -483,6 +410,26 @@ def evaluate_cached_cases(
         if on_case is not None:
             on_case(scored)
     return rows
+
+
+def class_maps(
+    model: torch.nn.Module,
+    cache: Cache,
+    case_ids: Sequence[str],
+    device: str | torch.device = "cpu",
+    *,
+    batch_size: int | None = None,
+    tta: bool = False,
+) -> list[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """``(predicted classes, true classes, spacing_zyx)`` of cached labelled cases, before any
+    post-processing: what ``braver.postprocess.choose_options`` chooses values on."""
+    maps = []
+    for case_id in case_ids:
+        case = cache.case(case_id)
+        probs = predict_volume(model, case.image, device=device, batch_size=batch_size, tta=tta)
+        spacing = tuple(float(s) for s in case.meta["spacing_zyx"])
+        maps.append((probs.argmax(axis=0).astype(np.uint8), np.asarray(case.label), spacing))
+    return maps
 
 
 def canonical_zyx(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:

@@ -66,7 +66,13 @@ __all__ = [
 
 # label colours for overlays: background transparent, then red, green, yellow, blue, …
 _COLOURS = np.array(
-    [[0, 0, 0, 0], [1, 0.2, 0.2, 0.55], [0.2, 0.9, 0.2, 0.45], [1, 0.9, 0.1, 0.55], [0.2, 0.5, 1, 0.5]]
+    [
+        [0, 0, 0, 0],
+        [1, 0.2, 0.2, 0.55],
+        [0.2, 0.9, 0.2, 0.45],
+        [1, 0.9, 0.1, 0.55],
+        [0.2, 0.5, 1, 0.5],
+    ]
 )
 
 
@@ -360,7 +366,9 @@ class PatchDL(TfmdDL):
         prediction = TensorPatchMask(torch.as_tensor(prediction).reshape(labels.shape))
         n = min(max_n, len(labels))
         titles = [f"{s}×{s}" for s in self.geometry.input_sizes]
-        return self._grid(inputs, [labels, prediction], titles, ["truth", "prediction"], n, channel, show)
+        return self._grid(
+            inputs, [labels, prediction], titles, ["truth", "prediction"], n, channel, show
+        )
 
     def _grid(self, inputs, masks, titles, mask_titles, n, channel, show):
         import matplotlib.pyplot as plt

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from braver.data.cache import Cache, CachedCase
+from braver.data.cache import Cache
+
 
 @dataclass(frozen=True)
 class PatchGeometry:

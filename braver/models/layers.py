@@ -14,41 +14,6 @@ from torch import nn
 PAPER_INIT_RANGE = 0.005
 
 
-class ConvBackwardByConvolutions(torch.autograd.Function):
-    """A valid, stride-1 convolution whose backward is written as forward convolutions.
-
-    On the CPU (oneDNN) the weight gradient of the wide first-layer kernels (13×13 and 7×7 over
-    the image channels) took 2–4× the forward, and the whole backward of the 21×21 output
-    layer (224 maps in, a few classes out) about 20× its forward; as forward convolutions
-    they cost about 1–2× the forward. Same values up to float rounding.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            kh, kw = weight.shape[-2:]
-            padded = F.pad(grad, (kw - 1, kw - 1, kh - 1, kh - 1))
-            grad_x = F.conv2d(padded, weight.flip(-1, -2).transpose(0, 1))
-        if ctx.needs_input_grad[1]:
-            # the batch plays the channels: correlate every input map with every output grad
-            grad_weight = F.conv2d(x.transpose(0, 1), grad.transpose(0, 1)).transpose(0, 1)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.sum((0, 2, 3))
-        return grad_x, grad_weight, grad_bias
-
-
-#: kernels at least this wide use the convolution-only backward on the CPU
-WIDE_KERNEL = 7
-
-
 class Maxout(nn.Conv2d):
     """A valid convolution producing ``pieces × out_features`` maps, then a max over each group
     of ``pieces`` consecutive maps (Goodfellow et al. 2013, arXiv:1302.4389).
@@ -73,16 +38,7 @@ class Maxout(nn.Conv2d):
         self.pieces = pieces
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.kernel_size[0] >= WIDE_KERNEL
-            and x.device.type == "cpu"
-            and torch.is_grad_enabled()
-            and self.weight.requires_grad
-            and not x.requires_grad
-        ):
-            y = ConvBackwardByConvolutions.apply(x, self.weight, self.bias)
-        else:
-            y = F.conv2d(x, self.weight, self.bias)
+        y = F.conv2d(x, self.weight, self.bias)
         if self.pieces == 1:
             return y
         b, _, h, w = y.shape

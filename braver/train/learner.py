@@ -16,7 +16,6 @@ it back), ``predict_volume(image)``, ``predict_case(path_or_case)`` and ``evalua
 
 from __future__ import annotations
 
-import types
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -32,8 +31,8 @@ from fastai.optimizer import SGD
 from torch import nn
 
 from braver.data.labels import LabelScheme
-from braver.models.layers import ConvBackwardByConvolutions
 from braver.recipe import OptimSection
+from braver.speedups import CpuSpeedups
 from braver.train.callbacks import ClassWeights, DropFrozenGrads, L1Penalty, MaxNorm
 from braver.train.safety import DivergenceGuard, WeightBound
 
@@ -60,42 +59,6 @@ class PixelCrossEntropy(nn.Module):
         return probs.argmax(dim=1)
 
 
-def _conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(self.kernel_size):  # one output pixel: the layer's own path
-        return type(self).forward(self, x)
-    return ConvBackwardByConvolutions.apply(x, self.weight, self.bias)
-
-
-def _plain_convolution_types() -> tuple[type, ...]:
-    """Layer types whose forward is a plain convolution (whatever path they take for it)."""
-    from braver.models import layers
-
-    return (nn.Conv2d, *[t for t in (getattr(layers, "OutputConv", None),) if t is not None])
-
-
-def fast_conv_backward(model: nn.Module) -> list[str]:
-    """Give the plain valid convolutions of ``model`` the faster CPU backward (same values).
-
-    Only plain convolutions (``nn.Conv2d`` and the models' ``OutputConv``; not ``Maxout``, whose
-    forward does more) with stride 1, no padding, no dilation and one group are changed (their
-    ``forward`` on the instance); weights and state dict are untouched. Returns the names of
-    the layers changed. ``braver_learner(..., cpu_speedups=True)`` applies it on the CPU.
-    """
-    changed = []
-    plain = _plain_convolution_types()
-    for name, module in model.named_modules():
-        if (
-            type(module) in plain
-            and module.stride == (1, 1)
-            and module.padding == (0, 0)
-            and module.dilation == (1, 1)
-            and module.groups == 1
-        ):
-            module.forward = types.MethodType(_conv_forward, module)
-            changed.append(name)
-    return changed
-
-
 class BraverLearner(Learner):
     """A fastai ``Learner`` that knows its label scheme and can save and apply itself as a run.
 
@@ -116,7 +79,7 @@ class BraverLearner(Learner):
     def save_run(self, folder: str | Path, **run_fields) -> Path:
         """Write ``folder`` as a run: model.safetensors and run.json (model config, label
         scheme, channels, cache, validation cases). ``braver.load_run(folder)`` reads it."""
-        from braver.runs import RunInfo, save_run_info, save_weights
+        from braver.runs import save_run_info, save_weights
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -204,8 +167,8 @@ def braver_learner(
     ``model`` is a registered name (``twopath``, ``input_cascade``, …; built with the cache's
     channels and classes and ``model_options``, e.g. ``dropout=0.2``) or a module. ``optim``
     defaults to the paper's values (``OptimSection()``). Metrics: per-region Dice and patch
-    accuracy. ``cpu_speedups`` gives the plain convolutions a faster backward on the CPU
-    (``fast_conv_backward``; same values). ``progress=False`` drops fastai's progress bars.
+    accuracy. ``cpu_speedups`` gives the wide convolutions a faster backward during fits on
+    the CPU (``braver.speedups``; same values, the model untouched). ``progress=False`` drops fastai's progress bars.
     """
     from braver.metrics import region_dice_metrics
     from braver.models import create_model
@@ -227,9 +190,8 @@ def braver_learner(
         tile_mode = dls.train.geometry.tile > 1
     device = dls.device or torch.device("cpu")
     model.to(device)
-    if cpu_speedups and torch.device(device).type == "cpu":
-        fast_conv_backward(model)
     callbacks = [
+        *([CpuSpeedups()] if cpu_speedups else []),
         DropFrozenGrads(),
         L1Penalty(optim.l1),
         MaxNorm(optim.max_norm),

@@ -66,7 +66,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> str:
     try:
         parsed = torch.device(name)
     except RuntimeError:
-        raise BraverError(f"unknown device {name!r}", None, "use auto, cpu, cuda or cuda:N") from None
+        raise BraverError(
+            f"unknown device {name!r}", None, "use auto, cpu, cuda or cuda:N"
+        ) from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise BraverError(
             f"device {name!r} was asked for but torch sees no CUDA device", None, "use cpu"
@@ -573,4 +575,3 @@ def _start_wandb(folder: Path, recipe: Recipe):
         dir=str(folder),
         config=recipe.to_dict(),
     )
-

@@ -115,9 +115,7 @@ class DivergenceGuard(Callback):
         stage = getattr(self.learn, "stage", "fit")
         train, _ = _last_losses(self.learn)
         best = self.best_train.get(stage, math.inf)
-        weights_finite = all(
-            bool(torch.isfinite(p).all()) for p in self.learn.model.parameters()
-        )
+        weights_finite = all(bool(torch.isfinite(p).all()) for p in self.learn.model.parameters())
         if math.isfinite(train) and weights_finite and train <= self.spike * best:
             self.best_train[stage] = min(best, train)
             self.good = _state(self.learn.model)

@@ -200,17 +200,17 @@ def test_receptive_field_is_the_input_size():
     assert InputCascadeCNN().receptive_fields()["second.local.conv1"] == 39
 
 
-def test_wide_kernel_backward_matches_native_autograd(monkeypatch):
-    import braver.models.layers as layers
+def test_wide_kernel_backward_matches_native_autograd():
+    from braver.speedups import TrainingConvolutions
 
     torch.manual_seed(0)
     layer = Maxout(4, 8, 13, pieces=2)
     x = torch.randn(3, 4, 24, 20)
     grads = []
-    for wide in (7, 10**9):  # convolution-only backward, then torch's own
-        monkeypatch.setattr(layers, "WIDE_KERNEL", wide)
-        layer.zero_grad()
-        layer(x).square().sum().backward()
+    for mode in (TrainingConvolutions(), TrainingConvolutions(wide=10**9)):
+        layer.zero_grad()  # convolution-only backward, then torch's own
+        with mode:
+            layer(x).square().sum().backward()
         grads.append((layer.weight.grad.clone(), layer.bias.grad.clone()))
     for ours, native in zip(*grads, strict=True):
         assert (ours - native).abs().max() <= 1e-5 * native.abs().max()

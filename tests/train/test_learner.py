@@ -4,8 +4,8 @@ import torch.nn.functional as F
 
 from braver.models import create_model
 from braver.recipe import OptimSection, load_recipe, shipped_recipe
+from braver.speedups import TrainingConvolutions
 from braver.train import PixelCrossEntropy, paper_lr, paper_momentum
-from braver.train.learner import fast_conv_backward
 
 
 def test_learning_rate_falls_linearly_to_the_decay_factor_then_stays():
@@ -80,21 +80,33 @@ def test_pixel_cross_entropy_flattens_tiles_and_patches():
     torch.testing.assert_close(loss(logits, target), want)
 
 
-def test_fast_conv_backward_gives_the_same_gradients():
+def test_training_convolutions_give_the_same_gradients_without_touching_the_model():
     torch.manual_seed(0)
-    plain = create_model("twopath", dropout=0.0)
-    fast = create_model("twopath", dropout=0.0)
-    fast.load_state_dict(plain.state_dict())
-    assert "output" in fast_conv_backward(fast)
+    model = create_model("twopath", dropout=0.0)
     x = torch.randn(2, 4, 40, 40)
     y = torch.randint(0, 4, (2, 8, 8))
-    for model in (plain, fast):
-        F.cross_entropy(model(x), y).backward()
-    for (name, a), (_, b) in zip(plain.named_parameters(), fast.named_parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
-    # patch mode keeps the layer's own path
-    patch = torch.randn(3, 4, 33, 33)
-    torch.testing.assert_close(fast(patch), plain(patch))
+    grads, calls = [], []
+    mode = TrainingConvolutions()
+    original = mode._qualifies
+
+    def counted(*args):
+        calls.append(original(*args))
+        return calls[-1]
+
+    mode._qualifies = counted
+    for context in (mode, None):
+        model.zero_grad()
+        if context is None:
+            F.cross_entropy(model(x), y).backward()
+        else:
+            with context:
+                F.cross_entropy(model(x), y).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert sum(calls) == 3  # local.conv1 (7x7), global.conv1 (13x13), output (21x21)
+    for name, native in grads[1].items():
+        torch.testing.assert_close(grads[0][name], native, rtol=1e-4, atol=1e-6, msg=name)
+    assert type(model).forward is type(create_model("twopath")).forward
+    assert all("forward" not in vars(m) for m in model.modules())  # nothing patched
 
 
 def test_a_frozen_first_network_runs_without_dropout_in_training_mode():

@@ -13,9 +13,10 @@ shipped recipe, the built-in phantom caches):
 
 For each, the validation cases are predicted once (dense, no post-processing) and every
 post-processing option (``braver.postprocess``) is chosen in turn by ``select_option``
-(highest mean Dice over the regions and cases, the gentlest value on a tie): brain —
-``min_component_voxels``, then ``fill_holes``; liver — ``largest_component``, then
-``inside_organ_dilation_mm``, ``min_component_voxels``, ``fill_holes``. The values are chosen
+(highest mean Dice over the regions and cases, the gentlest value on a tie) from
+``braver.postprocess.CANDIDATES``: brain — ``min_component_voxels``, then ``fill_holes``;
+liver — ``largest_component``, then ``inside_organ_dilation_mm``, ``min_component_voxels``,
+``fill_holes`` (``choose_options``). The values are chosen
 on the same validation cases they are reported on: the "postprocessed" Dice is the optimistic
 end; "raw" is the network alone.
 
@@ -38,16 +39,6 @@ import time
 from pathlib import Path
 
 STUDIES = ("brain-easy", "brain-realistic", "liver")
-BRAIN_CANDIDATES = {
-    "min_component_voxels": [0, 10, 25, 50, 100, 200, 400, 800],
-    "fill_holes": [False, True],
-}
-LIVER_CANDIDATES = {
-    "largest_component": [False, True],
-    "inside_organ_dilation_mm": [None, 0.0, 4.0, 8.0, 16.0],
-    "min_component_voxels": [0, 3, 5, 10, 20, 50],
-    "fill_holes": [False, True],
-}
 
 
 def main() -> None:
@@ -172,25 +163,16 @@ def transfer_liver(
 
 def measure(run: Path) -> dict:
     """Dice per region of the run's validation cases, raw and post-processed, and the values."""
-    import numpy as np
-
-    from braver.inference import predict_volume
-    from braver.postprocess import NONE, region_dice, select_option
+    from braver.inference import class_maps
+    from braver.postprocess import NONE, choose_options, postprocess, region_dice
     from braver.runs import load_model, validation_cache
 
     model, info = load_model(run)
     cache = validation_cache(run, info, "train the run again")
     scheme = cache.scheme
-    cases = []
-    for case_id in info.validation_cases:
-        case = cache.case(case_id)
-        probs = predict_volume(model, case.image)
-        spacing = tuple(float(s) for s in case.meta["spacing_zyx"])
-        cases.append((probs.argmax(0).astype(np.uint8), np.asarray(case.label), spacing))
+    cases = class_maps(model, cache, info.validation_cases)
 
     def mean_dice(options) -> dict:
-        from braver.postprocess import postprocess
-
         totals: dict[str, float] = {}
         for pred, truth, spacing in cases:
             cleaned = postprocess(pred, scheme, options, spacing_zyx=spacing)
@@ -198,22 +180,19 @@ def measure(run: Path) -> dict:
                 totals[key] = totals.get(key, 0.0) + value / len(cases)
         return {k: round(v, 4) for k, v in totals.items()}
 
-    candidates = LIVER_CANDIDATES if "liver" in scheme.regions else BRAIN_CANDIDATES
-    options, tables = NONE, {}
-    for name, values in candidates.items():
-        best, rows = select_option(cases, scheme, name, values, base=options)
-        options = options.replace(**{name: best})
-        tables[name] = [{k: _rounded(v) for k, v in row.items()} for row in rows]
-    recipe = _run_recipe(run)
+    options, tables = choose_options(cases, scheme, base=NONE)
     return {
         "run": str(run),
         "kind": info.kind,
-        "recipe": recipe,
+        "recipe": _run_recipe(run),
         "validation_cases": len(cases),
         "dice_raw": mean_dice(NONE),
         "postprocess_chosen": options.to_dict(),
         "dice_postprocessed": mean_dice(options),
-        "postprocess_tables": tables,
+        "postprocess_tables": {
+            name: [{k: _rounded(v) for k, v in row.items()} for row in rows]
+            for name, rows in tables.items()
+        },
     }
 
 

@@ -347,3 +347,40 @@ def select_option(
         rows.append({name: value, "mean_dice": float(np.mean(list(totals.values()))), **totals})
     best = max(range(len(rows)), key=lambda i: (rows[i]["mean_dice"], -i))
     return candidates[best], rows
+
+
+#: what ``choose_options`` tries by default, per scheme kind, in this order
+CANDIDATES: dict[str, dict[str, tuple[Any, ...]]] = {
+    "brain": {
+        "min_component_voxels": MIN_COMPONENT_CANDIDATES,
+        "fill_holes": (False, True),
+    },
+    "liver": {
+        "largest_component": (False, True),
+        "inside_organ_dilation_mm": (None, 0.0, 4.0, 8.0, 16.0),
+        "min_component_voxels": (0, 3, 5, 10, 20, 50),
+        "fill_holes": (False, True),
+    },
+}
+
+
+def choose_options(
+    cases: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]],
+    scheme: LabelScheme,
+    candidates: Mapping[str, Sequence[Any]] | None = None,
+    base: PostprocessOptions | Mapping[str, Any] | None = None,
+) -> tuple[PostprocessOptions, dict[str, list[dict[str, Any]]]]:
+    """Options chosen one after the other on validation cases (``select_option`` each).
+
+    ``candidates`` maps option names to the values to try, in the order they are chosen
+    (default: ``CANDIDATES`` of the scheme's kind); each is chosen with the ones before it
+    applied. ``base`` holds the options not chosen (default: the scheme's defaults; pass
+    ``NONE`` to start from nothing). Returns the options and each option's table of rows.
+    """
+    options = resolve_options(scheme, base)
+    tables = {}
+    for name, values in (candidates or CANDIDATES[scheme_kind(scheme)]).items():
+        best, rows = select_option(cases, scheme, name, values, base=options)
+        options = options.replace(**{name: best})
+        tables[name] = rows
+    return options, tables

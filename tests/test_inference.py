@@ -12,6 +12,7 @@ from braver.errors import BraverError
 from braver.inference import (
     SpectralConvolutions,
     canonical_zyx,
+    class_maps,
     clean_components,
     evaluate_cached_cases,
     predict_case,
@@ -317,3 +318,10 @@ def test_evaluate_cached_cases_scores_whole_volumes(tmp_path):
         assert row["whole_tumor_sensitivity"] == 1.0  # edema everywhere in the brain
         assert row["enhancing_tumor_hd95_mm"] == pytest.approx(worst)  # never predicted
         assert scored.image_zyx.shape == scored.truth_zyx.shape == case.label.shape
+    # the raw class maps that post-processing values are chosen on
+    maps = class_maps(model, cache, cache.case_ids[:1])
+    case = cache.case(cache.case_ids[0])
+    classes, truth, spacing = maps[0]
+    np.testing.assert_array_equal(classes, predict_volume(model, case.image).argmax(0))
+    np.testing.assert_array_equal(truth, case.label)
+    assert spacing == tuple(case.meta["spacing_zyx"]) and classes.dtype == np.uint8

@@ -11,6 +11,7 @@ from braver.postprocess import (
     DEFAULTS,
     NONE,
     PostprocessOptions,
+    choose_options,
     core_fill_class,
     describe,
     fill_holes_per_slice,
@@ -241,3 +242,22 @@ def test_cli_flags_become_the_postprocess_argument():
     assert run_options(recorded, postprocess_choice(True, 7)) == DEFAULTS["brain"].replace(
         fill_holes=True, min_component_voxels=7
     )
+
+
+def test_choose_options_one_after_the_other():
+    truth = np.zeros((3, 12, 12), np.uint8)
+    truth[:, 1:9, 1:9] = LIVER_CLASS
+    truth[1, 3:6, 3:6] = TUMOUR
+    pred = truth.copy()
+    pred[:, 10:12, 10:12] = LIVER_CLASS  # a stray liver blob, 12 voxels
+    pred[1, 7, 7] = TUMOUR  # a one-voxel false tumour inside the liver
+    cases = [(pred, truth, (1.0, 1.0, 1.0))]
+    candidates = {"largest_component": [False, True], "min_component_voxels": [0, 2, 20]}
+    options, tables = choose_options(cases, LIVER, candidates, base=NONE)
+    assert options == NONE.replace(largest_component=True, min_component_voxels=2)
+    assert list(tables) == ["largest_component", "min_component_voxels"]
+    # the size is chosen with the largest component already on: Dice 1 from 2 voxels up,
+    # and 20 removes the true tumour (9 voxels)
+    sizes = tables["min_component_voxels"]
+    assert [row["mean_dice"] for row in sizes][:2] == [pytest.approx((1 + 18 / 19) / 2), 1.0]
+    assert sizes[2]["tumor_dice"] == 0.0

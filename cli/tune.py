@@ -119,6 +119,35 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[
             int, typer.Option("--workers", help="Processes for preparing --data.")
         ] = 1,
+        source: Annotated[
+            Path | None,
+            typer.Option(
+                "--from",
+                help="Transfer: the brain run to start from (default: the latest in --runs).",
+                show_default=False,
+            ),
+        ] = None,
+        freeze: Annotated[
+            str | None,
+            typer.Option(
+                "--freeze",
+                metavar="GROUP[,GROUP…]",
+                help="Transfer: the one setup to tune, as in 'braver transfer --freeze'.",
+                show_default=False,
+            ),
+        ] = None,
+        strategy: Annotated[
+            str | None,
+            typer.Option(
+                "--strategy",
+                help="Transfer: input-channel adaptation (default: the recipe's).",
+                show_default=False,
+            ),
+        ] = None,
+        runs: Annotated[
+            Path,
+            typer.Option("--runs", help="Transfer: where to look for the latest brain run."),
+        ] = Path("runs"),
     ) -> None:
         """Search recipe hyperparameters with Optuna; each trial is a run folder.
 
@@ -128,21 +157,16 @@ def register(app: typer.Typer) -> None:
         """
         import torch
 
-        from braver.cli.train import training_cache
+        from braver.data.sources import training_cache
         from braver.data.cache import Cache
         from braver.metrics import metric_names
-        from braver.recipe import load_recipe, shipped_recipe
-        from braver.studies.tune import (
-            DEFAULT_METRIC,
-            PRUNERS,
-            default_space_path,
-            load_space,
-            recipe_trainer,
-        )
-        from braver.studies.tune import tune as run_tune
+        from braver.recipe import load_recipe, read_recipe_file, shipped_recipe
+        from braver.studies import tune as tuning
 
-        if pruner not in PRUNERS:
-            raise BraverError(f"unknown pruner {pruner!r}", None, f"choose {', '.join(PRUNERS)}")
+        if pruner not in tuning.PRUNERS:
+            raise BraverError(
+                f"unknown pruner {pruner!r}", None, f"choose {', '.join(tuning.PRUNERS)}"
+            )
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         path = Path(recipe)
@@ -151,18 +175,93 @@ def register(app: typer.Typer) -> None:
         elif not path.exists():
             raise BraverError("recipe file not found", path, "check the path")
         profile = None if data else "phantom"
-        loaded = load_recipe(path, overrides or [], profile=profile)
-        search = load_space(space or default_space_path(), loaded, profile=profile)
         progress = is_interactive()
-        cache = training_cache(loaded.kind, data, format=format, workers=workers, progress=progress)
+        transfer = "transfer" in read_recipe_file(path)
+        if not transfer and (source or freeze or strategy):
+            raise BraverError(
+                "--from, --freeze and --strategy tune a transfer recipe (one with a "
+                "[transfer] table)",
+                path,
+                "use e.g. 'braver tune liver --from RUN --freeze local'",
+            )
+        settings = None
+        if transfer:
+            from braver.studies.transfer import plan_transfer_study
+
+            plan = plan_transfer_study(
+                path,
+                source=source,
+                runs=runs,
+                freeze=[freeze] if freeze else None,
+                strategy=strategy,
+                overrides=overrides or [],
+                data=data,
+            )
+            loaded = plan.recipe
+            if len(plan.setups) != 1:
+                raise BraverError(
+                    f"a study tunes one transfer setup, and the recipe has {len(plan.setups)}",
+                    path,
+                    "pass one --freeze, e.g. --freeze local",
+                )
+            setup = plan.setups[0]
+            if plan.latest:
+                console.print(f"Starting from the latest brain run: [bold]{plan.brain_run}[/]")
+            settings = {
+                "transfer": {
+                    "from": str(plan.brain_run.resolve()),
+                    "freeze": setup.freeze,
+                    "strategy": plan.strategy,
+                }
+            }
+            default_name = f"{loaded.name}-{setup.slug}"
+            best_tables = {
+                "transfer": {"strategy": plan.strategy, "class_map": plan.settings.class_map},
+                "prepare": plan.prepare.to_dict(),
+            }
+            best_command = (
+                f"braver transfer best.toml --from {plan.brain_run} --freeze {freeze} [--data DATA]"
+            )
+        else:
+            loaded = load_recipe(path, overrides or [], profile=profile)
+            default_name = loaded.name
+            best_tables, best_command = None, None
+        search = tuning.load_space(space or tuning.default_space_path(), loaded, profile=profile)
+        if transfer:
+            search, dropped = search.without(tuning.TRANSFER_FIXED)
+            if dropped:
+                console.print(
+                    f"Not searched in transfer (the brain run fixes them): {', '.join(dropped)}"
+                )
+            if not search.params:
+                raise BraverError(
+                    "has no key left to search in transfer", search.source, "add optim.* keys"
+                )
+        cache = training_cache(
+            loaded.kind,
+            data,
+            format=format,
+            workers=workers,
+            progress=progress,
+            settings=plan.prepare if transfer else None,
+            console=console,
+        )
         scheme = Cache.open(cache).scheme
         if metric is None:
-            metric = DEFAULT_METRIC.get(loaded.kind) or f"{next(iter(scheme.regions))}_dice"
-        name = study or loaded.name
-        result = run_tune(
+            metric = tuning.DEFAULT_METRIC.get(loaded.kind) or f"{next(iter(scheme.regions))}_dice"
+        if transfer:
+            trainer = tuning.transfer_trainer(
+                plan, cache, device=device, console=console, progress=progress
+            )
+        else:
+            trainer = tuning.recipe_trainer(
+                cache, device=device, data=data, console=console, progress=progress
+            )
+        name = study or default_name
+        result = tuning.tune(
             loaded,
             search,
-            recipe_trainer(cache, device=device, data=data, console=console, progress=progress),
+            trainer,
             folder=out / f"tune-{name}",
             study_name=name,
             metric=metric,
@@ -172,6 +271,9 @@ def register(app: typer.Typer) -> None:
             timeout=timeout,
             pruner=pruner,
             seed=seed,
+            settings=settings,
+            best_tables=best_tables,
+            best_command=best_command,
             console=console,
         )
         console.print(f"Study folder: {result.folder}")

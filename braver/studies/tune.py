@@ -132,6 +132,12 @@ class SearchSpace:
     def to_dict(self) -> list[dict[str, Any]]:
         return [p.to_dict() for p in self.params]
 
+    def without(self, keys: Sequence[str]) -> tuple[SearchSpace, list[str]]:
+        """The space less ``keys``, and which of them it had."""
+        dropped = [p.key for p in self.params if p.key in keys]
+        kept = [p for p in self.params if p.key not in keys]
+        return SearchSpace(kept, self.source), dropped
+
     def base_values(self, recipe: Recipe) -> dict[str, Any]:
         """The recipe's own values of the searched keys that lie inside the space."""
         values = {}
@@ -368,6 +374,52 @@ def recipe_trainer(
     return train
 
 
+# the model keys a transfer setup takes from the brain run, whatever its recipe says
+TRANSFER_FIXED = ("model.name", "model.maxout_k", "model.dropout", "model.init")
+
+
+def transfer_trainer(
+    plan,
+    cache: str | Path,
+    *,
+    device: str = "cpu",
+    console: Console | None = None,
+    progress: bool = False,
+) -> Trainer:
+    """Trials trained as the one setup of a transfer plan (``braver.studies.transfer``):
+    the brain network adapted to the liver data, the setup's groups frozen."""
+    from braver.data.cache import Cache
+    from braver.studies.transfer_training import train_setup
+
+    if len(plan.setups) != 1 or plan.setups[0].baseline:
+        raise BraverError(
+            f"a study tunes one transfer setup, not {len(plan.setups)}",
+            None,
+            "pass one --freeze (e.g. --freeze local) and no --baseline",
+        )
+    (setup,) = plan.setups
+    cache = Cache.open(cache)
+
+    def train(recipe: Recipe, out: Path, callbacks: list) -> Path:
+        return train_setup(
+            setup,
+            recipe,
+            plan.brain,
+            plan.brain_run,
+            cache,
+            out=out,
+            device=device,
+            data=plan.data,
+            strategy=plan.strategy,
+            class_map=plan.settings.class_map,
+            console=console,
+            progress=progress,
+            callbacks=callbacks,
+        )
+
+    return train
+
+
 # ---------------------------------------------------------------------------------------------
 # the study
 
@@ -395,6 +447,9 @@ def tune(
     pruner: str | Any = "median",
     seed: int | None = None,
     baseline: bool = True,
+    settings: dict[str, Any] | None = None,
+    best_tables: dict[str, dict] | None = None,
+    best_command: str | None = None,
     console: Console | None = None,
 ) -> TuneResult:
     """Run (or resume) a study until it has ``trials`` finished trials; write its results.
@@ -404,6 +459,10 @@ def tune(
     ``storage`` is an Optuna RDB URL (default: SQLite in ``folder``); ``pruner`` is one of
     ``PRUNERS`` or an Optuna pruner. With ``baseline``, a new study's first trial is the
     recipe's own values (those inside the space), so the search starts from the known point.
+    ``settings`` (e.g. a transfer's brain run and setup) must match when the study resumes,
+    like the recipe, the space and the metric. ``best_tables`` are written into best.toml
+    after the recipe (a transfer's ``[transfer]`` and ``[prepare]``), ``best_command`` is the
+    command its header says trains it.
     """
     import optuna
     from optuna.trial import TrialState
@@ -420,12 +479,13 @@ def tune(
     url = storage or f"sqlite:///{(folder / STUDY_DB).resolve()}"
     direction = metric_direction(metric)
     study, rdb, created = _open_study(url, study_name, direction, pruner, seed, trials)
-    settings = {
+    fixed = {
         "recipe": {k: v for k, v in recipe.to_dict().items() if k != "name"},
         "space": space.to_dict(),
         "metric": metric,
+        **(settings or {}),
     }
-    _check_settings(study, settings, study_name, url)
+    _check_settings(study, fixed, study_name, url)
     interrupted = _fail_interrupted(study, rdb, study_name)
     finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished_states))
@@ -490,7 +550,8 @@ def tune(
             callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished_states), after_trial],
             gc_after_trial=True,
         )
-    return write_results(study, folder, recipe, space, metric, url=url, console=console)
+    best = BestRecipe(recipe, space, best_tables or {}, best_command)
+    return write_results(study, folder, best, metric, url=url, console=console)
 
 
 def _open_study(url: str, name: str, direction: str, pruner, seed, trials: int):
@@ -567,7 +628,7 @@ def _check_settings(study, settings: dict, name: str, url: str) -> None:
         study.set_user_attr("settings", settings)
         return
     before = stored["settings"]
-    for part in ("metric", "space", "recipe"):
+    for part in settings:
         what = _first_difference(before.get(part), settings[part], part)
         if what is not None:
             raise BraverError(
@@ -724,18 +785,52 @@ def write_trials(study, folder: Path, metric: str, console: Console | None) -> l
     rows = trial_rows(study, metric)
     full = []
     for row, trial in zip(rows, study.trials, strict=True):
-        full.append({**row, "run": trial.user_attrs.get("run")})
+        # the full path, and the machine it is on when several share the study
+        full.append(
+            {**row, "run": trial.user_attrs.get("run"), "host": trial.user_attrs.get("host")}
+        )
     write_text(folder / "trials.csv", csv_text(full))
     if console is not None and rows:
         console.print(rich_table(rows, f"Study {study.study_name}: {metric}"))
     return rows
 
 
+@dataclass
+class BestRecipe:
+    """What best.toml is made of: the base recipe and the space, tables written after the
+    recipe's own, and the command that trains it."""
+
+    recipe: Recipe
+    space: SearchSpace
+    tables: dict[str, dict] = field(default_factory=dict)
+    command: str | None = None
+
+    def write(self, path: Path, trial, metric: str, study_name: str) -> Path:
+        """The base recipe with the trial's values, a header saying where it came from."""
+        from braver.recipe import dump_toml
+
+        recipe = apply_params(
+            self.recipe, trial.params, source=self.space.source, name=f"{self.recipe.name}-tuned"
+        )
+        command = self.command or "braver train best.toml [--data DATA]"
+        header = [
+            f"# braver tune: the best trial of study {study_name!r} (trial {trial.number}),",
+            f"# {metric} = {trial.value:.4f} on the validation cases of its run folder",
+            f"# {trial.user_attrs.get('run', '')}",
+            "# searched: " + ", ".join(f"{k} = {_show(v)}" for k, v in trial.params.items()),
+            f"# train it with: {command}",
+            "",
+        ]
+        text = "\n".join(header) + recipe.to_toml()
+        if self.tables:
+            text += "\n" + dump_toml(self.tables)
+        return write_text(path, text)
+
+
 def write_results(
     study,
     folder: Path,
-    recipe: Recipe,
-    space: SearchSpace,
+    best_recipe: BestRecipe,
     metric: str,
     *,
     url: str,
@@ -756,7 +851,7 @@ def write_results(
             "params": trial.params,
             "run": trial.user_attrs.get("run"),
         }
-        write_best_recipe(folder / "best.toml", recipe, space, trial, metric, study.study_name)
+        best_recipe.write(folder / "best.toml", trial, metric, study.study_name)
         plot_history(study, metric, folder / "history.png")
         importances = param_importances(study)
         if importances:
@@ -784,8 +879,8 @@ def write_results(
             "storage": _safe_url(url),
             "metric": metric,
             "direction": study.direction.name.lower(),
-            "space": space.to_dict(),
-            "space_file": space.source,
+            "space": best_recipe.space.to_dict(),
+            "space_file": best_recipe.space.source,
             "trials": {k: v for k, v in counts.items() if v},
             "best": best,
         },
@@ -800,22 +895,6 @@ def write_results(
                 f"  → {folder / 'best.toml'}",
             )
     return TuneResult(folder, study, rows, best)
-
-
-def write_best_recipe(
-    path: Path, recipe: Recipe, space: SearchSpace, trial, metric: str, study_name: str
-) -> Path:
-    """The base recipe with the trial's values, a comment header saying where it came from."""
-    best = apply_params(recipe, trial.params, source=space.source, name=f"{recipe.name}-tuned")
-    header = [
-        f"# braver tune: the best trial of study {study_name!r} (trial {trial.number}),",
-        f"# {metric} = {trial.value:.4f} on the validation cases of its run folder",
-        f"# {trial.user_attrs.get('run', '')}",
-        "# searched: " + ", ".join(f"{k} = {_show(v)}" for k, v in trial.params.items()),
-        "# train it with: braver train best.toml [--data DATA] [--set stage1.epochs=…]",
-        "",
-    ]
-    return write_text(path, "\n".join(header) + best.to_toml())
 
 
 def param_importances(study) -> dict[str, float]:

@@ -369,3 +369,55 @@ def test_distances_and_losses_are_minimised():
     assert metric_direction("whole_tumor_dice") == "maximize"
     assert metric_direction("tumor_core_hd95_mm") == "minimize"
     assert metric_direction("valid_loss") == "minimize"
+
+
+def _load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_tune_liver_searches_one_transfer_setup(tmp_path, monkeypatch, one_thread):
+    from braver.studies.transfer import load_liver_recipe
+
+    tests = Path(__file__).parents[1]
+    transfer = _load_module(tests / "studies" / "test_transfer_study.py", "braver_tune_transfer")
+    brain = _load_module(tests / "cli" / "test_evaluate.py", "braver_tune_brain_run")
+    cache = transfer.write_tiny_liver_cache(tmp_path)
+    monkeypatch.setattr(
+        "braver.data.phantoms.default_phantom_cache",
+        lambda kind="brain", progress=True: (tmp_path / "liver", cache),
+    )
+    run = brain.make_run(tmp_path / "brain-1")
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE.replace('"model.init"', '"model.dropout" = [0.0, 0.5]\n"model.init"'))
+    out = tmp_path / "runs"
+    tiny_liver = [*transfer.TINY, "stage2.epochs=0"]
+    args = ["tune", "liver", "--from", str(run), "--freeze", "local", "--trials", "2"]
+    result = runner.invoke(
+        app, [*args, "--space", str(space), "--out", str(out), *_sets(tiny_liver)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Not searched in transfer (the brain run fixes them): model.dropout, model.init" in (
+        " ".join(result.output.split())
+    )
+    folder = out / "tune-liver-phantom-freeze-local"
+    study = _load(folder, "liver-phantom-freeze-local")
+    assert _states(study) == ["COMPLETE", "COMPLETE"]
+    assert all(set(t.params) == {"optim.lr"} for t in study.trials)
+    assert all(0 <= t.value <= 1 for t in study.trials)  # tumor_dice, the liver default
+    for trial in study.trials:
+        info = json.loads((Path(trial.user_attrs["run"]) / "run.json").read_text())
+        assert info["kind"] == "liver" and info["extra"]["transfer"]["freeze"] == ["local"]
+        assert info["extra"]["transfer"]["source_run"] == str(run)
+    text = (folder / "best.toml").read_text()
+    assert f"braver transfer best.toml --from {run} --freeze local" in text
+    recipe, settings = load_liver_recipe(folder / "best.toml")
+    assert settings.strategy == "sum" and recipe.kind == "liver"
+    assert recipe.optim.lr == pytest.approx(study.best_trial.params["optim.lr"])
+
+    again = runner.invoke(app, [*args, "--space", str(space), "--out", str(out)])
+    assert again.exit_code == 2  # the same study without the --set values: refused
+    assert "was started with other settings" in " ".join(again.output.split())

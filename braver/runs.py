@@ -174,3 +174,49 @@ def validation_cache(folder: str | Path, info: RunInfo, hint: str):
             f"prepare it again ('braver data prepare') or {hint}",
         )
     return Cache.open(cache_path)
+
+
+def load_run(
+    folder: str | Path,
+    *,
+    device: str = "cpu",
+    cache: str | Path | None = None,
+    progress: bool = True,
+):
+    """A run folder back as a ready ``BraverLearner`` (weights, recipe, data), without pickle.
+
+    The model is rebuilt from ``run.json`` and its safetensors weights; the DataLoaders are
+    the run's own (its recipe's patch settings, its training and validation cases) on its
+    prepared cache, or on ``cache`` when the data has moved. ``learn.predict_case``,
+    ``learn.evaluate_volumes``, ``learn.show_results`` and further fits work on it.
+    For the network alone, ``load_model(folder)``.
+    """
+    from braver.data.cache import Cache
+    from braver.recipe import load_recipe
+    from braver.train.runner import recipe_dataloaders, recipe_learner
+
+    folder = Path(folder)
+    model, info = load_model(folder, device=device)
+    recipe_file = folder / "recipe.toml"
+    if not recipe_file.exists():
+        raise BraverError("has no recipe.toml", folder, "load the network with load_model")
+    recipe = load_recipe(recipe_file)
+    root = Path(cache) if cache is not None else (Path(info.cache) if info.cache else None)
+    if root is None or not root.exists():
+        raise BraverError(
+            f"the run's cache {root} is not there",
+            folder / RUN_FILE,
+            "pass cache= (a prepared copy of the data) or use load_model(folder)",
+        )
+    prepared = Cache.open(root)
+    train_cases = list(info.extra.get("train_cases", []))
+    valid_cases = list(info.validation_cases)
+    if not train_cases:
+        labelled = {c for c in prepared.case_ids if prepared.case(c).has_label}
+        train_cases = sorted(labelled - set(valid_cases))
+    dls = recipe_dataloaders(
+        recipe, prepared, train_cases, valid_cases, model.input_sizes, device=device
+    )
+    learn = recipe_learner(recipe, dls, model.train(), path=folder, progress=progress)
+    learn.run_info = info
+    return learn

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Annotated
 
@@ -10,70 +9,6 @@ import typer
 
 from braver.cli._common import console, is_interactive
 from braver.errors import BraverError
-
-
-def training_cache(
-    kind: str,
-    data: Path | None,
-    *,
-    format: str | None,
-    workers: int,
-    progress: bool,
-    settings=None,
-) -> Path:
-    """The cache to train on: the built-in phantoms of ``kind`` without ``--data``, else the
-    dataset prepared with ``settings``. Shared with ``braver transfer``."""
-    if data is not None:
-        return prepare_data(
-            data, format=format, workers=workers, progress=progress, settings=settings
-        )
-    from braver.data.phantoms import default_phantom_cache
-
-    console.print(
-        f"No --data: using the built-in phantom {kind} set "
-        f"(recipe profile [bold]phantom[/], sized for a CPU)"
-    )
-    return default_phantom_cache(kind, progress=progress)[1]
-
-
-def _dataset_cache(data: Path) -> Path:
-    """Where the prepared cache of a dataset folder lives: keyed by its resolved path."""
-    from braver.paths import cache_root
-
-    resolved = data.expanduser().resolve()
-    key = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
-    return cache_root() / "datasets" / f"{resolved.name}-{key}"
-
-
-def prepare_data(
-    data: Path, *, format: str | None, workers: int, progress: bool, settings=None
-) -> Path:
-    """Prepare a dataset folder into its cache (``_dataset_cache``), reporting failed cases;
-    returns the cache folder. Shared with ``braver transfer``."""
-    from braver.preprocess import prepare_dataset
-
-    if not data.exists():
-        raise BraverError("dataset folder not found", data, "check the --data path")
-    cache = _dataset_cache(data)
-    console.print(f"Preparing [bold]{data}[/] into the cache {cache}")
-    report = prepare_dataset(
-        data,
-        cache,
-        settings,
-        format=format,
-        workers=workers,
-        progress=progress,
-        console=console,
-    )
-    if report.failed:
-        first = report.failed[0]
-        console.print(
-            f"[yellow]{len(report.failed)} case(s) could not be prepared[/] "
-            f"(first: {first.case_id}: {first.reason}); training on the others"
-        )
-    if not report.summary and not (cache / "summary.json").exists():
-        raise BraverError("no case could be prepared", data, "see 'braver data inspect'")
-    return cache
 
 
 def register(app: typer.Typer) -> None:
@@ -120,14 +55,12 @@ def register(app: typer.Typer) -> None:
         With no --data, the phantom set is generated once (under the braver cache) and the
         recipe's phantom profile, sized for a CPU, is used.
         """
-        import torch
-
+        from braver.data.sources import training_cache
         from braver.recipe import load_recipe, shipped_recipe
-        from braver.train import train_from_recipe
+        from braver.train import resolve_device, train_from_recipe
         from braver.train.distributed import cleanup, setup_from_environment
 
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         # under torchrun: join the process group and pick this rank's GPU before any data moves
         device = setup_from_environment(device)
         path = Path(recipe)
@@ -153,7 +86,9 @@ def register(app: typer.Typer) -> None:
             return
 
         loaded = load_recipe(path, overrides or [], profile=None if data else "phantom")
-        cache = training_cache(loaded.kind, data, format=format, workers=workers, progress=progress)
+        cache = training_cache(
+            loaded.kind, data, format=format, workers=workers, progress=progress, console=console
+        )
         folder = train_from_recipe(
             loaded,
             cache=cache,

@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         Each --freeze value is one setup and one run folder; the study folder
         (OUT/transfer-liver-<time>) gets the table as CSV, JSON and a PNG bar chart.
         """
-        from braver.cli.train import training_cache
+        from braver.data.sources import training_cache
         from braver.studies.transfer import plan_transfer_study, run_transfer_study
 
         plan = plan_transfer_study(
@@ -123,6 +123,7 @@ def register(app: typer.Typer) -> None:
             workers=workers,
             progress=progress,
             settings=plan.prepare,
+            console=console,
         )
         console.print(
             f"[bold]{len(plan.setups)} setup(s)[/] from {plan.brain.config['name']} "

@@ -157,8 +157,8 @@ def register(app: typer.Typer) -> None:
         """
         import torch
 
-        from braver.data.sources import training_cache
         from braver.data.cache import Cache
+        from braver.data.sources import training_cache
         from braver.metrics import metric_names
         from braver.recipe import load_recipe, read_recipe_file, shipped_recipe
         from braver.studies import tune as tuning

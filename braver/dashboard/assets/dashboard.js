@@ -126,10 +126,10 @@ function niceTicks(low, high, count = 5) {
   return ticks;
 }
 
-// A line chart: series = [{name, points: [[x, y], …], dashed}], marks = [{x, label}] (stage
-// boundaries). options: title, xLabel, log (y axis), integerX.
+// A line chart: series = [{name, points: [[x, y], …], dashed}], marks = [{x, label, start}]
+// (stage boundaries; the first stage's start is labelled without a line). options: title, xLabel, log (y axis), integerX.
 function lineChart(series, options = {}) {
-  const width = options.width || 460, height = options.height || 250;
+  const width = options.width || 430, height = options.height || 250;
   const m = {left: 58, right: 14, top: 26, bottom: 36};
   const all = series.flatMap((s) => s.points).filter(([x, y]) => isNumber(x) && isNumber(y));
   const figure = el("figure", {class: "chart", "data-title": options.title || ""});
@@ -172,7 +172,7 @@ function lineChart(series, options = {}) {
 
   for (const mark of options.marks || []) {
     if (mark.x > x1) continue;
-    if (mark.x >= x0) root.append(svg("line", {x1: px(mark.x), x2: px(mark.x), y1: m.top, y2: height - m.bottom, class: "stage-mark"}));
+    if (mark.x >= x0 && !mark.start) root.append(svg("line", {x1: px(mark.x), x2: px(mark.x), y1: m.top, y2: height - m.bottom, class: "stage-mark"}));
     root.append(svg("text", {x: px(Math.max(mark.x, x0)) + 3, y: m.top + 10, class: "stage-label"}, mark.label));
   }
   const legend = el("figcaption", {class: "legend"});
@@ -297,7 +297,7 @@ function historySeries(history, column) {
 function stageMarks(history) {
   const marks = [];
   history.forEach((row, i) => {
-    if (i === 0 || row.stage !== history[i - 1].stage) marks.push({x: i + 0.5, label: row.stage || ""});
+    if (i === 0 || row.stage !== history[i - 1].stage) marks.push({x: i + 0.5, label: row.stage || "", start: i === 0});
   });
   return marks.length > 1 || (marks.length === 1 && marks[0].label) ? marks : [];
 }

@@ -9,7 +9,10 @@ On a shared machine the ratio is bounded by the cores other jobs leave free: the
 gives ``cores_used_2_workers`` (CPU seconds / wall seconds during the 2-worker runs) and
 ``cpu_efficiency_2_workers`` so the two causes can be told apart.
 
-    python bench/prepare.py [--cases 6] [--n4]
+    python bench/prepare.py [--cases 6] [--n4] [--spacing MM]
+
+``--n4`` adds N4 on T1/T1c (after the clip, as ``braver data prepare`` does by default);
+``--spacing`` resamples each slice to MM x MM voxels (the phantom is 1 mm).
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ def main() -> None:
         "--cases", type=int, default=6, help="cases per run (even: fair to 2 workers)"
     )
     parser.add_argument("--n4", action="store_true", help="also run N4 on T1/T1c")
+    parser.add_argument(
+        "--spacing", type=float, default=None, help="resample slices to MM x MM voxels"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--repeats",
@@ -84,7 +90,7 @@ def main() -> None:
         "(the machine may be shared)",
     )
     args = parser.parse_args()
-    settings = PrepareSettings(n4=args.n4)
+    settings = PrepareSettings(n4=args.n4, target_spacing_mm=args.spacing)
 
     with tempfile.TemporaryDirectory(prefix="braver-bench-prepare-") as tmp:
         tmp = Path(tmp)
@@ -145,6 +151,7 @@ def main() -> None:
         "cases": args.cases,
         "repeats": args.repeats,
         "n4": args.n4,
+        "target_spacing_mm": args.spacing,
         "seconds_read_one_case": round(read_s, 3),
         "seconds_preprocess_one_case": round(compute_s, 3),
         "seconds_per_case_1_worker": round(per_case[1], 3),

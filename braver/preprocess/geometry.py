@@ -118,6 +118,9 @@ def canonical_spacing(affine: np.ndarray, ornt: np.ndarray) -> list[float]:
 # --------------------------------------------------------------------------------------------
 # In-plane resampling
 
+# slices resampled at once by resample_classes (bounds its temporaries; Z is never mixed)
+_SLAB = 16
+
 
 def resampled_shape(
     shape_zyx: Sequence[int], spacing_zyx: Sequence[float], target_mm: float | None
@@ -179,25 +182,28 @@ def resample_classes(classes: np.ndarray, new_yx: Sequence[int], num_classes: in
     Each class's indicator is interpolated linearly and every voxel takes the class of the
     highest value (ties: the lower class), so a boundary moves by less than half a voxel
     and no class is shifted toward another; a whole-number upsampling comes back exactly
-    when resampled down again.
+    when resampled down again. Works through a few slices at a time, so the temporaries stay
+    small for a whole CT volume.
     """
-    if tuple(int(n) for n in new_yx) == tuple(classes.shape[-2:]):
+    new_y, new_x = (int(n) for n in new_yx)
+    if (new_y, new_x) == tuple(classes.shape[-2:]):
         return classes
-    best = None
-    out = None
-    for k in range(num_classes):
-        indicator = classes == k
-        if not indicator.any():
-            continue
-        weight = resample_inplane(indicator.astype(np.float32), new_yx)
-        if best is None:
-            best, out = weight, np.full(weight.shape, k, dtype=np.uint8)
-            continue
-        better = weight > best
-        out[better] = k
-        np.maximum(best, weight, out=best)
-    if out is None:  # no voxel at all (an empty array)
-        return np.zeros((classes.shape[0], *(int(n) for n in new_yx)), dtype=np.uint8)
+    out = np.zeros((classes.shape[0], new_y, new_x), dtype=np.uint8)
+    for z0 in range(0, classes.shape[0], _SLAB):
+        slab = classes[z0 : z0 + _SLAB]
+        best = None
+        for k in range(num_classes):
+            indicator = slab == k
+            if not indicator.any():
+                continue
+            weight = resample_inplane(indicator.astype(np.float32), (new_y, new_x))
+            if best is None:
+                best = weight
+                out[z0 : z0 + _SLAB] = k
+                continue
+            better = weight > best
+            out[z0 : z0 + _SLAB][better] = k
+            np.maximum(best, weight, out=best)
     return out
 
 

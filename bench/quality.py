@@ -93,6 +93,7 @@ def main() -> None:
             if study == "brain-easy":
                 brain_run = brain_run or run
             figures = measure(run)
+            figures["overrides"] = args.liver_overrides if study == "liver" else args.overrides
             figures["train_seconds"] = trained
             figures["bench_seconds"] = round(time.perf_counter() - start, 1)
             figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

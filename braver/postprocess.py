@@ -384,3 +384,44 @@ def choose_options(
         options = options.replace(**{name: best})
         tables[name] = rows
     return options, tables
+
+
+#: the value of a recipe key whose value is chosen on the validation cases
+AUTO = "auto"
+
+
+def recipe_options(
+    table: Mapping[str, Any] | None,
+    cases: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]],
+    scheme: LabelScheme,
+    where: object = None,
+) -> tuple[PostprocessOptions, dict[str, list[dict[str, Any]]]]:
+    """A recipe's ``[postprocess]`` table made concrete for a run.
+
+    Keys set to ``"auto"`` are chosen on ``cases`` (the validation cases' ``class_maps``) in
+    the order of ``CANDIDATES`` with its values, on top of the other keys over the scheme's
+    defaults; with no ``"auto"`` key ``cases`` are not used. Returns the options (what the run
+    records in run.json ``extra["postprocess"]``) and the tables of the choices.
+    """
+    table = dict(table or {})
+    auto = [key for key, value in table.items() if isinstance(value, str) and value == AUTO]
+    fixed = {key: value for key, value in table.items() if key not in auto}
+    base = resolve_options(scheme, fixed, where=where)
+    names = [f.name for f in fields(PostprocessOptions)]
+    unknown = sorted(set(auto) - set(names))
+    if unknown:
+        raise BraverError(
+            f"unknown post-processing option(s) {unknown}", where, f"use {', '.join(names)}"
+        )
+    if not auto:
+        return base, {}
+    order = CANDIDATES[scheme_kind(scheme)]
+    candidates = {name: order[name] for name in order if name in auto}
+    missing = sorted(set(auto) - set(candidates))
+    if missing:
+        raise BraverError(
+            f"post-processing option {missing[0]} cannot be chosen automatically for {scheme.name}",
+            where,
+            f"set {missing[0]} to a value, or 'auto' only {', '.join(order)}",
+        )
+    return choose_options(cases, scheme, candidates, base=base)

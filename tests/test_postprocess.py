@@ -9,6 +9,7 @@ from braver.data.labels import BRATS_2013, BRATS_2021, LIVER, MSD_BRAIN
 from braver.errors import BraverError
 from braver.postprocess import (
     DEFAULTS,
+    MIN_COMPONENT_CANDIDATES,
     NONE,
     PostprocessOptions,
     choose_options,
@@ -17,6 +18,7 @@ from braver.postprocess import (
     fill_holes_per_slice,
     largest_component,
     postprocess,
+    recipe_options,
     region_dice,
     resolve_options,
     run_options,
@@ -261,3 +263,25 @@ def test_choose_options_one_after_the_other():
     sizes = tables["min_component_voxels"]
     assert [row["mean_dice"] for row in sizes][:2] == [pytest.approx((1 + 18 / 19) / 2), 1.0]
     assert sizes[2]["tumor_dice"] == 0.0
+
+
+def test_recipe_options_choose_the_auto_keys_on_validation_cases():
+    truth = np.zeros((4, 12, 12), np.uint8)
+    truth[0:3, 1:6, 1:6] = EDEMA
+    pred = truth.copy()
+    pred[3, 9:12, 9:12] = EDEMA  # a 9-voxel false positive
+    cases = [(pred, truth, (1.0, 1.0, 1.0))]
+    options, tables = recipe_options(
+        {"min_component_voxels": "auto", "fill_holes": True}, cases, BRATS_2021
+    )
+    assert options == DEFAULTS["brain"].replace(min_component_voxels=10, fill_holes=True)
+    assert list(tables) == ["min_component_voxels"]
+    assert [row["min_component_voxels"] for row in tables["min_component_voxels"]] == list(
+        MIN_COMPONENT_CANDIDATES
+    )
+    fixed, none = recipe_options({"min_component_voxels": 30}, [], BRATS_2021)
+    assert fixed.min_component_voxels == 30 and none == {}
+    with pytest.raises(BraverError, match="cannot be chosen automatically"):
+        recipe_options({"inside_organ_dilation_mm": "auto"}, cases, BRATS_2021)
+    with pytest.raises(BraverError, match=r"unknown post-processing option\(s\) \['size'\]"):
+        recipe_options({"size": "auto"}, cases, BRATS_2021, where="recipe.toml")

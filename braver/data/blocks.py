@@ -283,6 +283,7 @@ class PatchDL(TfmdDL):
         settings.update({k: v for k, v in kwargs.items() if k in self._settings})
         passthrough = {k: v for k, v in kwargs.items() if k not in self._settings}
         passthrough.pop("n", None)
+        passthrough.pop("get_idxs", None)  # fastai's reorder: our draws are already in order
         return type(self)(
             self.dataset if dataset is None else dataset,
             bs=kwargs.get("bs", self.bs),
@@ -298,6 +299,8 @@ class PatchDL(TfmdDL):
         return centres[self.rank :: self.world]
 
     def get_idxs(self):
+        """Draws the epoch's centres (once per epoch; once for good when ``fixed``) and
+        returns the item order, 0 … n − 1 (the draw is already random)."""
         if self.centres is None or not self.fixed:
             self.centres = self.draw(0 if self.fixed else self.epoch)
             if not self.fixed:
@@ -307,10 +310,13 @@ class PatchDL(TfmdDL):
                 if self.class_weighting
                 else None
             )
-        return list(range(0, len(self.centres), self.bs))
+        return list(range(len(self.centres)))
 
     def sample(self):
-        return iter(self.get_idxs())
+        """Batch starts into the centres ``get_idxs`` drew for this epoch (no second draw)."""
+        if self.centres is None:
+            self.get_idxs()
+        return iter(range(0, len(self.centres), self.bs))
 
     def create_batches(self, samps):
         for start in samps:

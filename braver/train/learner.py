@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import fastai.callback.schedule  # noqa: F401  (lr_find, fit_one_cycle, fit_flat_cos on Learner)
 import torch
 import torch.nn.functional as F
 from fastai.callback.progress import ProgressCallback

@@ -37,6 +37,7 @@ KEPT = (
     "seed_train_accuracy",
     "valid_accuracy",
     "seed_valid_accuracy",
+    "accuracy_of",
     "liver_dice",
     "tumor_dice",
 )

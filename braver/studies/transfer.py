@@ -317,6 +317,11 @@ def comparison_row(setup: Setup, run: Path) -> dict:
         "seed_train_accuracy": seed.train_accuracy if seed else None,
         "valid_accuracy": _float(last.get("patch_accuracy")),
         "seed_valid_accuracy": seed.valid_accuracy if seed else None,
+        # a cascade whose second network is frozen trains (and is scored per patch) as its
+        # first network alone; the Dice columns are always the whole network's
+        "accuracy_of": "first network alone"
+        if str(last.get("stage", "")).startswith("first")
+        else "network",
         "liver_dice": metrics.get("liver_dice"),
         "tumor_dice": metrics.get("tumor_dice"),
         "run": str(run),

@@ -118,6 +118,16 @@ class TrainRecord(Callback):
         return sum(self.trained.values())
 
 
+def second_network_frozen(model, freeze: list[str], keep: list[str]) -> bool:
+    """True when ``freeze`` leaves a cascade's second network no parameter to train."""
+    from braver.train.callbacks import group_parameters
+
+    if not (hasattr(model, "first") and hasattr(model, "second")) or not freeze:
+        return False
+    frozen = set(group_parameters(model, freeze)) - set(keep)
+    return all(name in frozen for name, _ in model.named_parameters() if name.startswith("second."))
+
+
 def train_setup(
     setup: Setup,
     recipe: Recipe,
@@ -186,6 +196,23 @@ def train_setup(
         keep = [*description["reinitialised"], *description["partly_reinitialised"]]
         extra["transfer"]["kept_trainable"] = keep
         keeper = FrozenSlices(frozen_slices(probe, setup.freeze, description))
+        if second_network_frozen(probe, setup.freeze, keep):
+            # only the first network learns, in its own fit before the main one: it gets the
+            # main stages' epochs and patches, and the main fit has none
+            recipe = replace(
+                recipe,
+                cascade=replace(
+                    recipe.cascade,
+                    first_epochs=recipe.stage1.epochs,
+                    first_patches_per_epoch=recipe.stage1.patches_per_epoch,
+                ),
+                stage1=replace(recipe.stage1, epochs=0),
+                stage2=replace(recipe.stage2, epochs=0),
+            )
+            extra["transfer"]["schedule"] = (
+                "the second network is frozen: the first network trains alone for stage 1's "
+                "epochs and patches (then its stage 2), the main fit has no epochs"
+            )
         extra["transfer"]["frozen_slices"] = {
             name: f"input channels {channels} kept frozen"
             for name, channels in keeper.slices.items()
@@ -248,4 +275,4 @@ def _record_training(run: Path, record: TrainRecord) -> None:
         write_json(metrics_path, metrics)
 
 
-__all__ = ["FrozenSlices", "TrainRecord", "frozen_slices", "train_setup"]
+__all__ = ["FrozenSlices", "TrainRecord", "frozen_slices", "second_network_frozen", "train_setup"]

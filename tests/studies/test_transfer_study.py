@@ -343,3 +343,17 @@ def test_seed_local_output_trains_the_second_output_layer_alone(liver_cache, tmp
     assert transfer["trained_parameters"] == 3 * 224 * 21 * 21 + 3
     assert transfer["kept_outputs"] == ["first.output"] and transfer["seed_setup"] == "local scale"
     assert transfer["kept_trainable"] == ["second.output.weight", "second.output.bias"]
+
+
+def test_seed_global_output_trains_the_first_output_layer_alone(liver_cache, tmp_path, monkeypatch):
+    brain = _seeded_brain("input_cascade")
+    setup = seed_setup(brain, "seed-global-output")
+    start, final, run = _fit(setup, brain, liver_cache, tmp_path, monkeypatch)
+    changed = sorted(n for n in final if not torch.equal(final[n], start[n]))
+    assert changed == ["first.output.bias", "first.output.weight"]
+    assert torch.equal(final["second.output.weight"], brain.second.output.weight[:3])
+    transfer = json.loads((run / "run.json").read_text())["extra"]["transfer"]
+    assert transfer["trained_parameters"] == 3 * 224 * 21 * 21 + 3
+    assert "the first network trains alone for stage 1's epochs" in transfer["schedule"]
+    stages = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert stages and all(stage.startswith("first") for stage in stages)

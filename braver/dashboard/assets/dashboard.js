@@ -110,7 +110,7 @@ function logTicks(low, high) {
   for (let decade = Math.floor(low); decade <= Math.ceil(high); decade++) {
     for (const m of multiples) {
       const at = decade + Math.log10(m);
-      if (at >= low - 1e-9 && at <= high + 1e-9) ticks.push({at, label: fmt(m * Math.pow(10, decade))});
+      if (at >= low - 1e-9 && at <= high + 1e-9) ticks.push({at, label: String(+(m * Math.pow(10, decade)).toPrecision(3))});
     }
   }
   return ticks;
@@ -284,7 +284,7 @@ function dataTable(columns, rows, options = {}) {
       }))));
   }
   render();
-  return table;
+  return el("div", {class: "table-box"}, table);  // wide tables scroll, the page does not
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -182,21 +182,31 @@ def composite(grey_yx: np.ndarray, truth_yx: np.ndarray | None, pred_yx: np.ndar
 
 
 class PreviewCallback(Callback):
-    """After every ``every``-th epoch: the prediction on a few slices of a few validation cases.
+    """After an epoch: the prediction on a few slices of a few validation cases.
 
     The first call writes each case's slices of every channel and its truth overlay; every
     call writes the prediction overlays and bumps ``previews/index.json``'s ``version`` (the
     dashboard reloads the images when it changes). ``cases`` validation cases (run.json's
-    order) × ``slices`` slices per case: a few dense slice predictions, a second or less on a
-    CPU for phantom-sized cases.
+    order) × ``slices`` slices per case, predicted densely.
+
+    Previews stay cheap: they are made after every ``every``-th epoch, and, with ``budget``,
+    only once the training time since the last ones is at least their own time / ``budget``
+    (5 %): on a GPU after every epoch; on a busy 2-core CPU, where one phantom case's 5 slices
+    took 6 s against 80 s epochs, about every third epoch. The first epoch and the last epoch
+    of a fit always get them.
     """
 
     order = 75  # after History (65) and the checkpoint (70): the row and weights are written
 
-    def __init__(self, cases: int = 3, slices: int = 5, every: int = 1):
+    def __init__(
+        self, cases: int = 2, slices: int = 5, every: int = 1, budget: float | None = 0.05
+    ):
         self.n_cases, self.n_slices, self.every = cases, slices, max(1, every)
+        self.budget = budget
         self.cases: list[dict] | None = None
         self.version = 0
+        self.cost = 0.0  # seconds the last previews took
+        self.made_at: float | None = None  # when they were made
 
     @property
     def folder(self) -> Path:
@@ -273,10 +283,11 @@ class PreviewCallback(Callback):
     def after_epoch(self):
         if not is_main_rank(self.learn) or not self.cases:
             return
-        if (self.epoch + 1) % self.every and self.epoch + 1 != self.n_epoch:
+        if not self._due():
             return
         from braver.inference import predict_volume
 
+        started = time.perf_counter()
         model = getattr(self.learn.model, "module", self.learn.model)
         device = next(model.parameters()).device
         modes = {m: m.training for m in model.modules()}  # a frozen part may stay in eval mode
@@ -298,6 +309,16 @@ class PreviewCallback(Callback):
                 module.training = mode
         self.version += 1
         self.write_index()
+        self.cost, self.made_at = time.perf_counter() - started, time.perf_counter()
+
+    def _due(self) -> bool:
+        if self.epoch + 1 == self.n_epoch or self.made_at is None:
+            return True
+        if (self.epoch + 1) % self.every:
+            return False
+        if self.budget is None:
+            return True
+        return (time.perf_counter() - self.made_at) * self.budget >= self.cost
 
     def write_index(self) -> Path:
         from braver.report import CLASS_COLOURS

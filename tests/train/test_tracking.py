@@ -74,6 +74,35 @@ def test_class_overlay_is_transparent_on_background_and_coloured_elsewhere():
     )
 
 
+def test_previews_take_at_most_their_budget_of_the_training_time(monkeypatch):
+    from types import SimpleNamespace
+
+    from braver.train import tracking
+
+    clock = [1000.0]
+    monkeypatch.setattr(tracking.time, "perf_counter", lambda: clock[0])
+    previews = PreviewCallback(budget=0.05)
+    previews.learn = SimpleNamespace(epoch=0, n_epoch=10)
+    assert previews._due()  # the first epoch always gets previews
+    previews.cost, previews.made_at = 6.0, 1000.0  # they took 6 s
+    previews.learn.epoch = 1
+    clock[0] = 1000.0 + 100  # 100 s of training: 5 % is 5 s, less than 6 s
+    assert not previews._due()
+    clock[0] = 1000.0 + 120
+    assert previews._due()
+    clock[0] = 1000.0 + 1
+    previews.learn.epoch = 9  # the fit's last epoch always gets them
+    assert previews._due()
+    every_other = PreviewCallback(every=2, budget=None)
+    every_other.learn = SimpleNamespace(epoch=0, n_epoch=10)
+    every_other.made_at = 0.0
+    due = []
+    for epoch in range(10):
+        every_other.learn.epoch = epoch
+        due.append(every_other._due())
+    assert [epoch for epoch, yes in enumerate(due) if yes] == [1, 3, 5, 7, 9]
+
+
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
     """One tiny run (2 + 1 epochs) with previews, live.json and W&B offline."""
@@ -93,7 +122,8 @@ def tracked_run(tmp_path_factory):
     try:
         cache = tiny.write_tiny_cache(root / "cache")
         recipe = load_recipe(shipped_recipe("brain"), TINY)
-        previews, tracker = PreviewCallback(cases=2, slices=3), WandbTracker(group="study-1")
+        previews = PreviewCallback(cases=2, slices=3, budget=None)  # every epoch
+        tracker = WandbTracker(group="study-1")
         torch.manual_seed(0)
         folder = train_from_recipe(
             recipe,

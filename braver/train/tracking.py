@@ -191,9 +191,9 @@ class PreviewCallback(Callback):
 
     Previews stay cheap: they are made after every ``every``-th epoch, and, with ``budget``,
     only once the training time since the last ones is at least their own time / ``budget``
-    (5 %): on a GPU after every epoch; on a busy 2-core CPU, where one phantom case's 5 slices
-    took 6 s against 80 s epochs, about every third epoch. The first epoch and the last epoch
-    of a fit always get them.
+    (5 %): after every epoch where they cost little beside an epoch; on a busy 2-core CPU,
+    where one phantom case's 5 slices took 6 s against 80 s epochs, about every third epoch.
+    The first epoch and the last epoch of a fit always get them.
     """
 
     order = 75  # after History (65) and the checkpoint (70): the row and weights are written

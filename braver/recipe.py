@@ -92,6 +92,16 @@ class StageSection:
 
 
 @dataclass
+class ReportSection:
+    """What a run writes for people to look at while it trains (``braver dashboard``)."""
+
+    previews: bool = True  # prediction overlays of a few validation slices, per epoch
+    preview_cases: int = 2
+    preview_slices: int = 5
+    preview_budget: float = 0.05  # previews take at most this share of the training time
+
+
+@dataclass
 class CascadeSection:
     """Cascades (paper 3.1.2): the first TwoPathCNN is trained alone with both stages of 3.2,
     then fixed (and run without dropout) while the second trains."""
@@ -115,6 +125,7 @@ class Recipe:
         default_factory=lambda: StageSection(sampling="natural", train=["output"])
     )
     cascade: CascadeSection = field(default_factory=CascadeSection)
+    report: ReportSection = field(default_factory=ReportSection)
     source: str | None = field(default=None, compare=False)  # file it came from (not written)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +163,9 @@ class Recipe:
             ("optim.max_norm", self.optim.max_norm >= 0, "non-negative"),
             ("optim.class_weight_power", 0 <= self.optim.class_weight_power <= 1, "in [0, 1]"),
             ("model.maxout_k", self.model.maxout_k >= 1, "a positive integer"),
+            ("report.preview_cases", self.report.preview_cases >= 0, "non-negative"),
+            ("report.preview_slices", self.report.preview_slices >= 1, "a positive integer"),
+            ("report.preview_budget", 0 < self.report.preview_budget <= 1, "in (0, 1]"),
             ("model.dropout", 0 <= self.model.dropout < 1, "in [0, 1)"),
             ("model.init", self.model.init in ("paper", "he"), "one of paper, he"),
         ]

@@ -18,11 +18,40 @@ from braver.data.cache import Cache
 from braver.errors import BraverError
 
 
-def phantom_cache(kind: str = "brain", progress: bool = True) -> Cache:
-    """The built-in phantom set of ``kind`` (``brain`` or ``liver``), prepared once."""
+#: ``BRAVER_PHANTOMS=tiny``: a few small phantoms instead of the built-in set (tests, docs)
+TINY = {"brain": {"cases": 6, "shape": (40, 40, 16)}, "liver": {"cases": 6, "shape": (48, 48, 16)}}
+
+
+def phantom_cache(kind: str = "brain", progress: bool = True, difficulty: str = "easy") -> Cache:
+    """The built-in phantom set of ``kind`` (``brain`` or ``liver``), prepared once.
+
+    With the environment variable ``BRAVER_PHANTOMS=tiny``, six small phantoms prepared
+    without N4 (seconds instead of a minute): what the README's example runs on in the tests.
+    """
+    import os
+
     from braver.data.phantoms import default_phantom_cache
 
-    return Cache.open(default_phantom_cache(kind, progress=progress)[1])
+    if os.environ.get("BRAVER_PHANTOMS", "") == "tiny":
+        return _tiny_phantoms(kind, progress)
+    return Cache.open(default_phantom_cache(kind, progress=progress, difficulty=difficulty)[1])
+
+
+def _tiny_phantoms(kind: str, progress: bool) -> Cache:
+    from braver.data.phantoms import synth_brain, synth_liver
+    from braver.paths import cache_root
+    from braver.preprocess import PrepareSettings, prepare_dataset
+
+    if kind not in TINY:
+        raise BraverError(f"unknown phantom kind {kind!r}", None, "choose 'brain' or 'liver'")
+    base = cache_root() / "phantoms" / f"tiny-{kind}"
+    cache = base / "cache"
+    if (cache / "summary.json").exists():
+        return Cache.open(cache)
+    synth = synth_brain if kind == "brain" else synth_liver
+    dataset = synth(base / "dataset", seed=2017, overwrite=True, progress=progress, **TINY[kind])
+    prepare_dataset(dataset, cache, PrepareSettings(n4=False), progress=progress)
+    return Cache.open(cache)
 
 
 def dataset_cache(data: str | Path) -> Path:

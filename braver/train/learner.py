@@ -90,14 +90,49 @@ class BraverLearner(Learner):
                 setattr(info, key, value)
         save_weights(folder, self.network)
         save_run_info(folder, info)
+        if not (folder / "recipe.toml").exists():
+            from braver.atomic import write_text
+
+            write_text(folder / "recipe.toml", self.recipe(folder.name, info.kind).to_toml())
         self.run_info = info
         return folder
+
+    def recipe(self, name: str = "notebook", kind: str = "brain"):
+        """This learner's settings as a recipe (network, patch geometry, optimiser), so that
+        ``load_run`` can rebuild its data the same way."""
+        from braver.recipe import DataSection, ModelSection, Recipe
+
+        train = self.dls.train
+        config = self.network.config
+        tile = train.geometry.tile
+        return Recipe(
+            name=name,
+            kind=kind,
+            model=ModelSection(
+                name=config["name"],
+                maxout_k=config.get("maxout_k", 2),
+                dropout=config.get("dropout", 0.2),
+                init=config.get("init", "paper"),
+            ),
+            data=DataSection(
+                mode="tile" if tile > 1 else "patch",
+                tile=tile,
+                batch_size=train.bs,
+                validation_patches=getattr(self.dls.valid, "valid_patches", 2000)
+                if len(self.dls.loaders) > 1
+                else 2000,
+                seed=train.seed,
+            ),
+            optim=self.optim,
+        )
 
     def _run_info(self, **fields):
         from braver.runs import RunInfo
 
         cache = getattr(self.dls.train, "cache", None)
         valid = self.dls.valid.cases if len(self.dls.loaders) > 1 else []
+        fields.setdefault("extra", {})
+        fields["extra"].setdefault("train_cases", [c.case_id for c in self.dls.train.cases])
         return RunInfo(
             kind=fields.pop("kind", _kind_of(cache)),
             model=self.network.config,
@@ -134,9 +169,12 @@ class BraverLearner(Learner):
         kwargs.setdefault("device", self.dls.device or "cpu")
         return predict_case(self.network, self.run_info, case, **kwargs)
 
-    def evaluate_volumes(self, case_ids: Sequence[str] | None = None, **kwargs) -> dict:
+    def evaluate_volumes(
+        self, case_ids: Sequence[str] | None = None, model: nn.Module | None = None, **kwargs
+    ) -> dict:
         """Whole-volume scores (Dice, sensitivity, specificity, HD95 per region) of the
-        validation cases (or ``case_ids``): ``{"cases": rows, "summary": …, <metric>: mean}``."""
+        validation cases (or ``case_ids``): ``{"cases": rows, "summary": …, <metric>: mean}``.
+        ``model`` scores another network on the same cases (e.g. a surgery variant)."""
         from braver.inference import evaluate_cached_cases
         from braver.metrics import summarize
 
@@ -144,7 +182,8 @@ class BraverLearner(Learner):
         if case_ids is None:
             case_ids = [c.case_id for c in self.dls.valid.cases]
         kwargs.setdefault("device", self.dls.device or "cpu")
-        rows = evaluate_cached_cases(self.network.eval(), cache, list(case_ids), **kwargs)
+        network = model if model is not None else self.network
+        rows = evaluate_cached_cases(network.eval(), cache, list(case_ids), **kwargs)
         summary = summarize(rows)
         return {**{k: v["mean"] for k, v in summary.items()}, "summary": summary, "cases": rows}
 

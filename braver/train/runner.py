@@ -16,7 +16,6 @@ The runner is a composition of the library's pieces, not a second implementation
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -250,8 +249,9 @@ class Announce(Callback):
 
     order = -3
 
-    def __init__(self, recipe: Recipe, console: Console | None, log: dict):
+    def __init__(self, recipe: Recipe, console: Console | None, log: dict, folder=None, info=None):
         self.recipe, self.console, self.log = recipe, console, log
+        self.folder, self.info = folder, info
 
     def stage_started(self, stage: str) -> None:
         from braver.models.naming import trainable_parameters
@@ -259,6 +259,9 @@ class Announce(Callback):
         dl = self.learn.dls.train
         trainable = trainable_parameters(getattr(self.learn.model, "module", self.learn.model))
         self.log[stage] = trainable
+        if self.info is not None and getattr(self.learn, "rank", 0) == 0:
+            self.info.extra["trainable_parameters"] = dict(self.log)  # the dashboard shows it
+            save_run_info(self.folder, self.info)
         unit = "tiles" if dl.geometry.tile > 1 else "patches"
         weighted = " (class-weighted pixels)" if dl.class_weighting else ""
         _say(
@@ -308,7 +311,7 @@ def train_from_recipe(
     """
     from braver.data.sampling import PatchSampler, split_cases
     from braver.models.naming import parameter_count
-    from braver.train.callbacks import History, group_parameters, read_history
+    from braver.train.callbacks import group_parameters, read_history
 
     dist = Distributed.current()
     console = console if dist.main else None
@@ -317,7 +320,9 @@ def train_from_recipe(
         progress = console is not None and console.is_terminal
     started = time.time()
     if wandb and dist.main:
-        _require_wandb()
+        from braver.train.tracking import require_wandb
+
+        require_wandb()  # before anything is written: a missing package is one clear error
 
     state: dict[str, Any] = {"finished": [], "fit": None, "epochs_done": 0}
     if resume is not None:
@@ -384,6 +389,7 @@ def train_from_recipe(
             write_text(folder / "recipe.toml", recipe.to_toml())
             save_run_info(folder, info)
         _say(console, f"[bold]Run folder[/] {folder}")
+        _say(console, f"Watch it live: [bold]braver dashboard {folder.parent}[/]")
     mode = recipe.data.mode + (f" (k = {recipe.data.tile})" if recipe.data.mode == "tile" else "")
     _say(
         console,
@@ -402,24 +408,18 @@ def train_from_recipe(
         for name in group_parameters(model, freeze):
             if name not in kept:
                 params[name].requires_grad_(False)
-    learn = recipe_learner(recipe, dls, model, path=folder, progress=progress)
+    learn = recipe_learner(recipe, dls, model, path=folder, progress=False)
     learn.rank = dist.rank
     if device.startswith("cuda"):
         learn.to_bf16()
 
     history_rows = read_history(folder / "history.csv") if resume is not None else []
     trainable_log = dict(info.extra.get("trainable_parameters", {}))
-    on_row = None if progress else (lambda row: _say(console, _row_text(row)))
-    run_callbacks = [
-        History(folder / "history.csv", rows=history_rows, on_row=on_row),
-        Announce(recipe, console, trainable_log),
-        *callbacks,
-    ]
-    wandb_run = _start_wandb(folder, recipe) if wandb and dist.main else None
-    if wandb_run is not None:
-        from fastai.callback.wandb import WandbCallback
-
-        run_callbacks.append(WandbCallback(log_preds=False, log_model=False))
+    run_callbacks, progress_bar, tracker = _run_callbacks(
+        recipe, folder, info, history_rows, trainable_log, console, progress, wandb and dist.main,
+        run_extra or {},
+    )  # fmt: skip
+    run_callbacks += list(callbacks)
     fit_callbacks = recipe_callbacks(
         recipe,
         model,
@@ -429,11 +429,19 @@ def train_from_recipe(
     first = next((cb for cb in fit_callbacks if type(cb).__name__ == "CascadeFirst"), None)
     learn.epoch_offset = state["epochs_done"] if state.get("fit") == "main" else 0
     remaining = total_epochs(recipe) - learn.epoch_offset
-    if "main" not in state["finished"]:
-        learn.fit(
-            max(remaining, 0),
-            cbs=[*fit_callbacks, Checkpoint(folder, model, state, "main"), *run_callbacks],
-        )
+    try:
+        if "main" not in state["finished"]:
+            learn.fit(
+                max(remaining, 0),
+                cbs=[*fit_callbacks, Checkpoint(folder, model, state, "main"), *run_callbacks],
+            )
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(folder, exit_code=1)
+        raise
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
     if first is not None and first.skipped:
         _say(console, "[bold cyan]first[/]: not trained alone (the first network is frozen)")
 
@@ -443,6 +451,11 @@ def train_from_recipe(
     if diverged:
         _say(console, "[yellow]training diverged[/]: kept the best epoch's weights (see history)")
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        state["diverged"] = True
+        if dist.main:
+            write_json(folder / PROGRESS, state)
+        if tracker is not None:
+            tracker.finish(folder, exit_code=1)
         raise BraverError(
             "training diverged (the loss became NaN) and no weights were written",
             folder,
@@ -463,11 +476,47 @@ def train_from_recipe(
         save_weights(folder, model)
         _finish(folder, model, cache, valid_cases, history_rows, device, evaluate, console, info)
         state["done"] = True
+        state["diverged"] = diverged
         write_json(folder / PROGRESS, state)
         (folder / CHECKPOINT).unlink(missing_ok=True)
-    if wandb_run is not None:
-        wandb_run.finish()
+        from braver.report import write_report_html
+
+        write_report_html(folder)
+    if tracker is not None:
+        tracker.finish(folder, exit_code=1 if diverged else 0)
     return folder
+
+
+def _run_callbacks(
+    recipe, folder, info, history_rows, trainable_log, console, progress, wandb, run_extra
+):
+    """The callbacks of the run folder (every fit): history, stage announcements, live status,
+    progress, previews, W&B. Returns ``(callbacks, progress callback, W&B tracker)``."""
+    from braver.train.callbacks import History
+    from braver.train.progress import TrainingProgress
+    from braver.train.tracking import LiveStatus, PreviewCallback, WandbTracker
+
+    callbacks: list[Callback] = [
+        History(folder / "history.csv", rows=history_rows),
+        Announce(recipe, console, trainable_log, folder=folder, info=info),
+        LiveStatus(),
+    ]
+    progress_bar = TrainingProgress(console, live=progress) if console is not None else None
+    if progress_bar is not None:
+        callbacks.append(progress_bar)
+    report = recipe.report
+    if report.previews and report.preview_cases > 0:
+        callbacks.append(
+            PreviewCallback(
+                cases=report.preview_cases,
+                slices=report.preview_slices,
+                budget=report.preview_budget,
+            )
+        )
+    tracker = WandbTracker(group=run_extra.get("wandb_group")) if wandb else None
+    if tracker is not None:
+        callbacks.append(tracker)
+    return callbacks, progress_bar, tracker
 
 
 def _announce_flips(recipe: Recipe, model, console) -> None:
@@ -523,21 +572,6 @@ def _number(value):
         return value
 
 
-def _row_text(row: dict) -> str:
-    parts = [f"{row['stage']} epoch {row['epoch']}"]
-    for key, value in row.items():
-        if key in ("stage", "epoch"):
-            continue
-        if key == "time":
-            parts.append(f"{value:.0f} s")
-            continue
-        if key == "lr" and isinstance(value, float):
-            parts.append(f"lr {value:.2e}")
-            continue
-        parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
-    return "  ".join(parts)
-
-
 def _where(state: dict) -> str:
     done = ", ".join(state.get("finished", [])) or "nothing"
     current = state.get("fit")
@@ -553,25 +587,3 @@ def _new_run(out: str | Path, recipe: Recipe, dist: Distributed) -> Path:
     names = [str(new_run_dir(out, recipe.name)) if dist.main else None]
     torch.distributed.broadcast_object_list(names, src=0)
     return Path(names[0])
-
-
-def _require_wandb() -> None:
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        raise BraverError(
-            "--wandb needs the wandb package, which is not installed",
-            None,
-            "pip install wandb, or braver with its wandb extra (WANDB_MODE=offline needs no account)",
-        ) from None
-
-
-def _start_wandb(folder: Path, recipe: Recipe):
-    import wandb
-
-    return wandb.init(
-        project=os.environ.get("WANDB_PROJECT", "braver"),
-        name=folder.name,
-        dir=str(folder),
-        config=recipe.to_dict(),
-    )

@@ -369,7 +369,7 @@ class LiveStatus(Callback):
 
     def after_cancel_fit(self):
         loss = _number(getattr(self.learn, "loss", None))
-        if loss is not None and not math.isfinite(loss):
+        if getattr(self.learn, "diverged", False) or (loss is not None and not math.isfinite(loss)):
             self.status = "diverged"
         self.write(force=True)
 

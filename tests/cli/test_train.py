@@ -40,7 +40,7 @@ def phantoms(monkeypatch, tmp_path):
     cache = tiny.write_tiny_cache(tmp_path / "cache")
     monkeypatch.setattr(
         "braver.data.phantoms.default_phantom_cache",
-        lambda kind="brain", progress=True: (tmp_path / "dataset", cache.root),
+        lambda kind="brain", progress=True, **options: (tmp_path / "dataset", cache.root),
     )
     return cache
 

@@ -39,7 +39,7 @@ def liver_phantoms(monkeypatch, tmp_path):
     cache = study.write_tiny_liver_cache(tmp_path)
     calls = []
 
-    def fake(kind="brain", progress=True):
+    def fake(kind="brain", progress=True, **options):
         calls.append(kind)
         return tmp_path / "liver", cache
 

@@ -85,7 +85,7 @@ def phantoms(monkeypatch, tmp_path):
     cache = tiny.write_tiny_cache(tmp_path / "cache")
     monkeypatch.setattr(
         "braver.data.phantoms.default_phantom_cache",
-        lambda kind="brain", progress=True: (tmp_path / "dataset", cache.root),
+        lambda kind="brain", progress=True, **options: (tmp_path / "dataset", cache.root),
     )
     return cache
 
@@ -388,7 +388,7 @@ def test_tune_liver_searches_one_transfer_setup(tmp_path, monkeypatch, one_threa
     cache = transfer.write_tiny_liver_cache(tmp_path)
     monkeypatch.setattr(
         "braver.data.phantoms.default_phantom_cache",
-        lambda kind="brain", progress=True: (tmp_path / "liver", cache),
+        lambda kind="brain", progress=True, **options: (tmp_path / "liver", cache),
     )
     run = brain.make_run(tmp_path / "brain-1")
     space = tmp_path / "space.toml"

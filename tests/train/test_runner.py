@@ -113,9 +113,7 @@ def test_a_diverging_run_rolls_back_keeps_its_best_epoch_and_warns(tiny_cache, t
     assert _stages(folder) == ["stage1", "stage1", "stage1"]  # stage 2 never ran
 
 
-def test_a_run_whose_weights_are_not_finite_is_an_error_and_writes_no_weights(
-    tiny_cache, tmp_path
-):
+def test_a_run_whose_weights_are_not_finite_is_an_error_and_writes_no_weights(tiny_cache, tmp_path):
     from braver.errors import BraverError
     from braver.runs import WEIGHTS_FILE
 
@@ -139,14 +137,27 @@ def test_history_records_the_learning_rate_and_momentum_each_epoch_used(tiny_cac
 
     recipe = load_recipe(
         shipped_recipe("brain"),
-        [*TINY, "stage1.epochs=3", "optim.lr_saturate=2", "optim.momentum_epochs=2",
-         "stage2.lr=0.001"],  # fmt: skip
+        [
+            *TINY,
+            "stage1.epochs=3",
+            "optim.lr_saturate=2",
+            "optim.momentum_epochs=2",
+            "stage2.lr=0.001",
+        ],  # fmt: skip
     )
     folder = runner.train_from_recipe(recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False)
     rows = list(csv.DictReader((folder / "history.csv").open()))
     assert [r["stage"] for r in rows] == ["stage1"] * 3 + ["stage2"]
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.005, 0.00275, 0.0005, 0.001])
     assert [float(r["momentum"]) for r in rows] == pytest.approx([0.5, 0.7, 0.9, 0.5])
+    # the run folder's report and live status, written by the runner's own callbacks
+    assert "<html" in (folder / "report.html").read_text()[:200].lower()
+    assert json.loads((folder / "live.json").read_text())["epoch"] == 3
+    info = json.loads((folder / "run.json").read_text())
+    assert (
+        info["extra"]["trainable_parameters"]["stage2"]
+        < info["extra"]["trainable_parameters"]["stage1"]
+    )
 
 
 @pytest.mark.slow
@@ -154,8 +165,13 @@ def test_flips_are_announced_off_for_an_even_input_size(tiny_cache, tmp_path):
     out = io.StringIO()
     recipe = load_recipe(
         shipped_recipe("brain"),
-        [*TINY, "model.name=local_cascade", "data.flip=true", "cascade.first_epochs=0",
-         "cascade.first_stage2_epochs=0"],  # fmt: skip
+        [
+            *TINY,
+            "model.name=local_cascade",
+            "data.flip=true",
+            "cascade.first_epochs=0",
+            "cascade.first_stage2_epochs=0",
+        ],  # fmt: skip
     )
     runner.train_from_recipe(
         recipe,

@@ -13,9 +13,7 @@ import torch
 from PIL import Image
 
 from braver.train.tracking import (
-    LiveStatus,
     PreviewCallback,
-    WandbTracker,
     class_overlay,
     composite,
     preview_slices,
@@ -121,18 +119,20 @@ def tracked_run(tmp_path_factory):
     )
     try:
         cache = tiny.write_tiny_cache(root / "cache")
-        recipe = load_recipe(shipped_recipe("brain"), TINY)
-        previews = PreviewCallback(cases=2, slices=3, budget=None)  # every epoch
-        tracker = WandbTracker(group="study-1")
+        # the runner's own wiring: previews from the recipe, LiveStatus, W&B with --wandb
+        recipe = load_recipe(
+            shipped_recipe("brain"),
+            [*TINY, "report.preview_cases=2", "report.preview_slices=3", "report.preview_budget=1"],
+        )
         torch.manual_seed(0)
         folder = train_from_recipe(
             recipe,
             cache=cache.root,
             out=root / "runs",
             evaluate=True,
-            callbacks=[previews, LiveStatus(), tracker],
+            wandb=True,
+            run_extra={"wandb_group": "study-1"},
         )
-        tracker.finish(folder)
     finally:
         os.environ.clear()
         os.environ.update(saved)

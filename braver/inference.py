@@ -364,7 +364,10 @@ def score_cached_case(
     options = resolve_options(scheme, postprocess)
     classes = _postprocess(probs.argmax(axis=0).astype(np.uint8), scheme, options, spacing)
     truth = np.asarray(case.label)
-    worst = worst_hd95_mm(meta.get("canonical_shape_zyx", truth.shape), spacing)
+    # the whole file's diagonal in mm: its own grid and spacing (before any resampling)
+    worst = worst_hd95_mm(
+        meta.get("canonical_shape_zyx", truth.shape), meta.get("source_spacing_zyx", spacing)
+    )
     scores = region_scores(classes, truth, scheme, spacing, worst_hd95=worst)
     channel = display_channel(meta.get("channels", []))
     return ScoredCase(

@@ -126,6 +126,8 @@ class Recipe:
     )
     cascade: CascadeSection = field(default_factory=CascadeSection)
     report: ReportSection = field(default_factory=ReportSection)
+    # how `--data` is prepared (braver.preprocess.PrepareSettings keys); phantoms keep their own
+    prepare: dict[str, Any] = field(default_factory=dict)
     source: str | None = field(default=None, compare=False)  # file it came from (not written)
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +138,17 @@ class Recipe:
     def to_toml(self) -> str:
         """The resolved recipe as TOML (the run folder's ``recipe.toml``)."""
         return dump_toml(self.to_dict())
+
+    def prepare_settings(self, **changes):
+        """``[prepare]`` (with ``changes``) as ``braver.preprocess.PrepareSettings``."""
+        from braver.preprocess import PrepareSettings
+
+        try:
+            return _build(PrepareSettings, {**self.prepare, **changes}, "prepare.", self.source)
+        except BraverError as error:  # PrepareSettings' own checks name no file
+            if error.path is not None:
+                raise
+            raise BraverError(f"[prepare]: {str(error).rstrip('.')}", self.source) from None
 
     def validate(self) -> Recipe:
         path = self.source
@@ -178,6 +191,7 @@ class Recipe:
                 (f"{name}.patience", stage.patience >= 0, "a non-negative integer"),
                 (f"{name}.prior_shift", 0 <= stage.prior_shift <= 1, "in [0, 1]"),
             ]
+        self.prepare_settings()  # unknown or bad [prepare] keys: one error naming the file
         for key, ok, expected in checks:
             if not ok:
                 value = _get_dotted(self.to_dict(), key)

@@ -49,6 +49,14 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[
             int, typer.Option("--workers", help="Processes for preparing --data.")
         ] = 1,
+        n4: Annotated[
+            bool | None,
+            typer.Option(
+                "--n4/--no-n4",
+                help="N4 bias correction of --data (default: on for MRI, as the paper).",
+                show_default=False,
+            ),
+        ] = None,
     ) -> None:
         """Train a network with the paper's two phases and write a run folder.
 
@@ -86,8 +94,15 @@ def register(app: typer.Typer) -> None:
             return
 
         loaded = load_recipe(path, overrides or [], profile=None if data else "phantom")
+        settings = loaded.prepare_settings(**({} if n4 is None else {"n4": n4}))
         cache = training_cache(
-            loaded.kind, data, format=format, workers=workers, progress=progress, console=console
+            loaded.kind,
+            data,
+            format=format,
+            workers=workers,
+            progress=progress,
+            settings=settings,
+            console=console,
         )
         folder = train_from_recipe(
             loaded,

@@ -17,7 +17,6 @@ from rich.console import Console
 from braver.data.cache import Cache
 from braver.errors import BraverError
 
-
 #: ``BRAVER_PHANTOMS=tiny``: a few small phantoms instead of the built-in set (tests, docs)
 TINY = {"brain": {"cases": 6, "shape": (40, 40, 16)}, "liver": {"cases": 6, "shape": (48, 48, 16)}}
 
@@ -88,6 +87,9 @@ def prepare_data(
     report = prepare_dataset(
         data, cache, settings, format=format, workers=workers, progress=progress, console=console
     )
+    if console is not None:
+        for note in report.notes:
+            console.print(f"[yellow]note[/]: {note}")
     if report.failed and console is not None:
         first = report.failed[0]
         console.print(

@@ -48,6 +48,7 @@ class StudyCase:
     label: np.ndarray  # (Z, Y, X) class indices
     spacing_zyx: tuple[float, ...]
     full_shape_zyx: tuple[int, ...]  # uncropped canonical shape, for the worst HD95
+    full_spacing_zyx: tuple[float, ...] | None = None  # its spacing (before resampling)
 
 
 def cached_cases(cache, case_ids: Sequence[str]) -> Iterator[StudyCase]:
@@ -67,6 +68,7 @@ def cached_cases(cache, case_ids: Sequence[str]) -> Iterator[StudyCase]:
             np.asarray(case.label),
             tuple(float(s) for s in meta["spacing_zyx"]),
             tuple(meta.get("canonical_shape_zyx", case.label.shape)),
+            tuple(float(s) for s in meta.get("source_spacing_zyx", meta["spacing_zyx"])),
         )
 
 
@@ -86,6 +88,7 @@ def prepared_cases(run_info, cases: Sequence) -> Iterator[StudyCase]:
             np.asarray(prepared.label),
             tuple(float(s) for s in meta["spacing_zyx"]),
             tuple(meta.get("canonical_shape_zyx", prepared.label.shape)),
+            tuple(float(s) for s in meta.get("source_spacing_zyx", meta["spacing_zyx"])),
         )
 
 
@@ -136,7 +139,7 @@ def evaluate_variants(
     for case in cases:
         foreground = (case.image != 0).any(axis=0)
         truth = case.label
-        worst = worst_hd95_mm(case.full_shape_zyx, case.spacing_zyx)
+        worst = worst_hd95_mm(case.full_shape_zyx, case.full_spacing_zyx or case.spacing_zyx)
         if not warmed:  # first calls pay one-off costs (kernel choice, allocation): not timed
             _warm_up(variants, case.image, device, batch_size)
             warmed = True

@@ -143,7 +143,7 @@ def test_train_with_data_prepares_a_cache_once(tmp_path):
     from braver.data.phantoms import synth_brain
 
     data = synth_brain(tmp_path / "BraTS", cases=3, seed=1, shape=(24, 24, 16))
-    args = ["train", "brain", "--data", str(data), "--out", str(tmp_path / "runs")]
+    args = ["train", "brain", "--data", str(data), "--out", str(tmp_path / "runs"), "--no-n4"]
     sets = _sets([*TINY, "data.validation_fraction=0.34", "stage1.epochs=1"])
     result = runner.invoke(app, [*args, *sets])
     assert result.exit_code == 0, result.output
@@ -151,6 +151,8 @@ def test_train_with_data_prepares_a_cache_once(tmp_path):
     (folder,) = (tmp_path / "runs").iterdir()
     info = json.loads((folder / "run.json").read_text())
     assert info["data"] == str(data) and Path(info["cache"]).is_dir()
+    # the recipe's [prepare] table and --no-n4 reach the preparation
+    assert info["prepare"]["n4"] is False and info["prepare"]["target_spacing_mm"] == 1.0
     # the same folder again reuses its cache
     again = runner.invoke(app, [*args, *sets])
     assert again.exit_code == 0, again.output

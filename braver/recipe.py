@@ -92,6 +92,20 @@ class StageSection:
 
 
 @dataclass
+class SelectSection:
+    """Which weights a run keeps, chosen on whole validation volumes after training.
+
+    Candidates: the stage-1 model (its best epoch), the stage-2 model, and the stage-2 model
+    with a tempered prior (its output biases moved back by ``(1 − tempered) · log(natural /
+    balanced frequency)``); the one with the highest mean Dice over the regions is kept.
+    """
+
+    by: str = "volume"  # "volume": compare the candidates; "last": keep stage 2 as trained
+    cases: int = 5  # validation volumes to compare on (0: all)
+    tempered: float = 0.5  # the tempered candidate keeps this share of the natural prior
+
+
+@dataclass
 class ReportSection:
     """What a run writes for people to look at while it trains (``braver dashboard``)."""
 
@@ -126,6 +140,7 @@ class Recipe:
     )
     cascade: CascadeSection = field(default_factory=CascadeSection)
     report: ReportSection = field(default_factory=ReportSection)
+    select: SelectSection = field(default_factory=SelectSection)
     # how `--data` is prepared (braver.preprocess.PrepareSettings keys); phantoms keep their own
     prepare: dict[str, Any] = field(default_factory=dict)
     source: str | None = field(default=None, compare=False)  # file it came from (not written)
@@ -176,6 +191,9 @@ class Recipe:
             ("optim.max_norm", self.optim.max_norm >= 0, "non-negative"),
             ("optim.class_weight_power", 0 <= self.optim.class_weight_power <= 1, "in [0, 1]"),
             ("model.maxout_k", self.model.maxout_k >= 1, "a positive integer"),
+            ("select.by", self.select.by in ("volume", "last"), "one of volume, last"),
+            ("select.cases", self.select.cases >= 0, "non-negative"),
+            ("select.tempered", 0 <= self.select.tempered < 1, "in [0, 1)"),
             ("report.preview_cases", self.report.preview_cases >= 0, "non-negative"),
             ("report.preview_slices", self.report.preview_slices >= 1, "a positive integer"),
             ("report.preview_budget", 0 < self.report.preview_budget <= 1, "in (0, 1]"),

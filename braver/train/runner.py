@@ -467,6 +467,18 @@ def train_from_recipe(
     info.extra["kept_epochs"] = {**info.extra.get("kept_epochs", {}), **getattr(learn, "kept", {})}
     if first is not None and getattr(learn, "first_learner", None) is not None:
         info.extra["kept_epochs"].update(getattr(learn.first_learner, "kept", {}))
+    if recipe.select.by == "volume" and valid_cases and evaluate:
+        from braver.train.selection import select_weights
+
+        chosen = valid_cases[: recipe.select.cases or None]
+        _say(console, f"[bold]Choosing[/] the weights on {len(chosen)} validation volumes")
+        selection = select_weights(
+            model, learn, cache, chosen, device=device, tempered=recipe.select.tempered
+        )
+        info.extra["selection"] = selection
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in selection["mean_dice"].items())
+        _say(console, f"  kept [bold]{selection['kept']}[/] (mean Dice {scores})")
+        model.train()
     rollbacks = getattr(learn, "rollbacks", [])
     if rollbacks or diverged:
         info.extra["rollbacks"] = rollbacks

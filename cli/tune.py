@@ -243,7 +243,7 @@ def register(app: typer.Typer) -> None:
             format=format,
             workers=workers,
             progress=progress,
-            settings=plan.prepare if transfer else None,
+            settings=plan.prepare if transfer else loaded.prepare_settings(),
             console=console,
         )
         scheme = Cache.open(cache).scheme

@@ -821,10 +821,10 @@ class BestRecipe:
             f"# train it with: {command}",
             "",
         ]
-        text = "\n".join(header) + recipe.to_toml()
-        if self.tables:
-            text += "\n" + dump_toml(self.tables)
-        return write_text(path, text)
+        data = recipe.to_dict()
+        for name, table in self.tables.items():  # merged into the recipe's own, if it has one
+            data[name] = {**(data.get(name) or {}), **table}
+        return write_text(path, "\n".join(header) + dump_toml(data))
 
 
 def write_results(

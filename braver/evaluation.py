@@ -174,7 +174,7 @@ def evaluate_run(
     scheme)`` sees every case as it is scored (``overlay_writer(out)`` draws its PNG)."""
     from braver.postprocess import run_options
     from braver.runs import load_model
-    from braver.train.runner import resolve_device
+    from braver.train.compose import resolve_device
 
     run = Path(run)
     device = resolve_device(device)

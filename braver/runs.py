@@ -193,7 +193,7 @@ def load_run(
     """
     from braver.data.cache import Cache
     from braver.recipe import load_recipe
-    from braver.train.runner import recipe_dataloaders, recipe_learner
+    from braver.train.compose import recipe_dataloaders, recipe_learner
 
     folder = Path(folder)
     model, info = load_model(folder, device=device)

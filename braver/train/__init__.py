@@ -11,16 +11,16 @@ from braver.train.callbacks import (
     train_only,
     unfreeze_groups,
 )
-from braver.train.learner import BraverLearner, PixelCrossEntropy, braver_learner
-from braver.train.runner import (
+from braver.train.compose import (
     recipe_callbacks,
     recipe_dataloaders,
     recipe_learner,
     recipe_model,
     resolve_device,
     total_epochs,
-    train_from_recipe,
 )
+from braver.train.learner import BraverLearner, PixelCrossEntropy, braver_learner
+from braver.train.runner import train_from_recipe
 from braver.train.safety import DivergenceGuard, KeepBest, WeightBound
 from braver.train.stages import CascadeFirst, DualStage, PaperSchedule, paper_lr, paper_momentum
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from fastai.callback.core import Callback
 from rich.console import Console
 
 from braver.atomic import write_json, write_text
@@ -32,248 +30,24 @@ from braver.data.cache import Cache
 from braver.errors import BraverError
 from braver.recipe import Recipe, load_recipe
 from braver.runs import RunInfo, load_run_info, new_run_dir, save_run_info, save_weights
-
-CHECKPOINT = "checkpoint.safetensors"
-PROGRESS = "progress.json"
-
-
-@dataclass
-class Distributed:
-    """Rank and world size of this process (1 process unless torch.distributed is set up)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def current(cls) -> Distributed:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
-        return cls()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> str:
-    """``auto``/``None`` → cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:N`` checked.
-
-    The one device resolver of braver (the CLI's ``--device`` and the library alike)."""
-    name = "auto" if device is None else str(device)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(name)
-    except RuntimeError:
-        raise BraverError(
-            f"unknown device {name!r}", None, "use auto, cpu, cuda or cuda:N"
-        ) from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise BraverError(
-            f"device {name!r} was asked for but torch sees no CUDA device", None, "use cpu"
-        )
-    if parsed.type not in ("cpu", "cuda"):
-        raise BraverError(f"device {name!r} is not supported", None, "use cpu or cuda")
-    return name
-
-
-def recipe_dataloaders(
-    recipe: Recipe,
-    cache: Cache | str | Path,
-    train_cases: Sequence[str],
-    valid_cases: Sequence[str],
-    input_sizes: Sequence[int],
-    *,
-    device: str = "cpu",
-    dist: Distributed | None = None,
-):
-    """The patch DataLoaders a recipe trains on (balanced stage-1 sampling to start with)."""
-    from braver.data.blocks import patch_dataloaders
-    from braver.data.patches import Augment
-
-    dist = dist or Distributed()
-    data = recipe.data
-    tile = data.tile if data.mode == "tile" else 1
-    dls = patch_dataloaders(
-        cache,
-        train_cases,
-        valid_cases,
-        input_sizes,
-        tile=tile,
-        bs=data.batch_size,
-        train_patches=recipe.stage1.patches_per_epoch,
-        valid_patches=data.validation_patches,
-        sampling=recipe.stage1.sampling,
-        seed=data.seed,
-        device=device,
-        on_device=data.on_device,
-        rank=dist.rank,
-        world=dist.world,
-        class_weight_power=recipe.optim.class_weight_power,
-        augment=Augment(flip=data.flip, intensity=data.intensity),
-    )
-    if len(dls.loaders) > 1:  # every rank scores the same validation patches
-        dls.valid.rank, dls.valid.world = 0, 1
-    return dls
-
-
-def recipe_model(recipe: Recipe, cache: Cache, frequencies: Sequence[float] | None = None):
-    """The recipe's network for the cache's channels and classes."""
-    from braver.models import create_model
-
-    return create_model(
-        recipe.model.name,
-        in_channels=len(cache.channels),
-        num_classes=cache.scheme.num_classes,
-        maxout_k=recipe.model.maxout_k,
-        init=recipe.model.init,
-        dropout=recipe.model.dropout,
-        class_frequencies=frequencies if recipe.model.bias_from_frequencies else None,
-    )
-
-
-def recipe_learner(recipe: Recipe, dls, model: torch.nn.Module, **kwargs):
-    """``braver_learner`` with the recipe's optimiser and tile mode."""
-    from braver.train.learner import braver_learner
-
-    return braver_learner(
-        dls, model, optim=recipe.optim, tile_mode=recipe.data.mode == "tile", **kwargs
-    )
-
-
-def _class_weighting(recipe: Recipe) -> bool:
-    return recipe.data.mode == "tile" and recipe.optim.class_weights
-
-
-def recipe_callbacks(
-    recipe: Recipe,
-    model: torch.nn.Module,
-    *,
-    state: dict | None = None,
-    first_callbacks: Sequence[Callback] = (),
-) -> list[Callback]:
-    """The paper's schedule for ``learn.fit(total_epochs(recipe))``: ``CascadeFirst`` (for a
-    cascade), ``DualStage``, ``PaperSchedule`` and ``KeepBest``. ``state`` is a resumed run's
-    progress (``progress.json``); ``first_callbacks`` join the first network's own fit."""
-    from braver.train.safety import KeepBest
-    from braver.train.stages import CascadeFirst, DualStage, PaperSchedule
-
-    state = state or {}
-    weighting = _class_weighting(recipe)
-    callbacks: list[Callback] = []
-    if hasattr(model, "first") and hasattr(model, "second"):
-        in_first = state.get("fit") == "first"
-        callbacks.append(
-            CascadeFirst(
-                recipe.cascade.first_epochs,
-                recipe.cascade.first_stage2_epochs,
-                patches=recipe.cascade.first_patches_per_epoch,
-                stage2_patches=recipe.stage2.patches_per_epoch,
-                stage2_lr=recipe.stage2.lr,
-                class_weighting=weighting,
-                cbs=[PaperSchedule(recipe.optim), KeepBest(), *first_callbacks],
-                done="first" in state.get("finished", []),
-                epoch_offset=state.get("epochs_done", 0) if in_first else 0,
-                stage2_start=state.get("stage2_start") if in_first else None,
-            )
-        )
-    main = state.get("fit") == "main"
-    callbacks += [
-        DualStage(
-            recipe.stage1.epochs,
-            recipe.stage2.epochs,
-            stage2_train=recipe.stage2.train or ["output"],
-            stage1_lr=recipe.stage1.lr,
-            stage2_lr=recipe.stage2.lr,
-            stage1_patches=recipe.stage1.patches_per_epoch,
-            stage2_patches=recipe.stage2.patches_per_epoch,
-            stage1_sampling=recipe.stage1.sampling,
-            stage2_sampling=recipe.stage2.sampling,
-            stage1_patience=recipe.stage1.patience,
-            stage2_patience=recipe.stage2.patience,
-            class_weighting=weighting,
-            prior_shift=recipe.stage2.prior_shift,
-            stage2_start=state.get("stage2_start") if main else None,
-        ),
-        PaperSchedule(recipe.optim),
-        KeepBest(),
-    ]
-    return callbacks
-
-
-def total_epochs(recipe: Recipe) -> int:
-    """Epochs of the main fit (both stages; a cascade's first network trains before it)."""
-    return recipe.stage1.epochs + recipe.stage2.epochs
-
-
-class Checkpoint(Callback):
-    """After every epoch: the whole model's weights (safetensors) and where the run stands."""
-
-    order = 70
-
-    def __init__(self, folder: Path, model: torch.nn.Module, state: dict, fit: str):
-        self.folder, self.full_model, self.state, self.fit_name = folder, model, state, fit
-
-    def after_epoch(self):
-        learn = self.learn
-        self.state["fit"] = self.fit_name
-        self.state["epochs_done"] = getattr(learn, "epoch_offset", 0) + self.epoch + 1
-        self.state["stage"] = getattr(learn, "stage", None)
-        self.state["stage2_start"] = getattr(learn, "stage2_start", None)
-        if getattr(learn, "rank", 0) == 0:
-            save_checkpoint(self.folder, self.full_model, self.state)
-
-    def after_fit(self):
-        if self.fit_name not in self.state["finished"]:
-            self.state["finished"].append(self.fit_name)
-        self.state.update(fit=None, epochs_done=0, stage=None, stage2_start=None)
-        if getattr(self.learn, "rank", 0) == 0:
-            save_checkpoint(self.folder, self.full_model, self.state)
-
-
-def save_checkpoint(folder: Path, model: torch.nn.Module, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    from braver.atomic import atomic_path
-
-    model = getattr(model, "module", model)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(folder / CHECKPOINT) as tmp:
-        save_file(weights, str(tmp))
-    write_json(folder / PROGRESS, state)
-
-
-class Announce(Callback):
-    """Prints each stage as it starts (epochs, patches, trainable parameters) and records the
-    trainable parameters per stage in ``log``."""
-
-    order = -3
-
-    def __init__(self, recipe: Recipe, console: Console | None, log: dict, folder=None, info=None):
-        self.recipe, self.console, self.log = recipe, console, log
-        self.folder, self.info = folder, info
-
-    def stage_started(self, stage: str) -> None:
-        from braver.models.naming import trainable_parameters
-
-        dl = self.learn.dls.train
-        trainable = trainable_parameters(getattr(self.learn.model, "module", self.learn.model))
-        self.log[stage] = trainable
-        if self.info is not None and getattr(self.learn, "rank", 0) == 0:
-            self.info.extra["trainable_parameters"] = dict(self.log)  # the dashboard shows it
-            save_run_info(self.folder, self.info)
-        unit = "tiles" if dl.geometry.tile > 1 else "patches"
-        weighted = " (class-weighted pixels)" if dl.class_weighting else ""
-        _say(
-            self.console,
-            f"[bold cyan]{stage}[/]: {dl.patches_per_epoch:,} {dl.sampling} {unit} an epoch"
-            f"{weighted}; trainable parameters {trainable:,}",
-        )
-
-
-def _say(console: Console | None, text: str) -> None:
-    if console is not None:
-        console.print(text, highlight=False)
+from braver.train.compose import (  # noqa: F401  (the runner's public pieces)
+    Distributed,
+    recipe_callbacks,
+    recipe_dataloaders,
+    recipe_learner,
+    recipe_model,
+    resolve_device,
+    total_epochs,
+)
+from braver.train.run_folder import (  # noqa: F401  (Checkpoint, save_checkpoint: public here too)
+    CHECKPOINT,
+    PROGRESS,
+    Checkpoint,
+    _finish,
+    _run_callbacks,
+    _say,
+    save_checkpoint,
+)
 
 
 def train_from_recipe(
@@ -499,38 +273,6 @@ def train_from_recipe(
     return folder
 
 
-def _run_callbacks(
-    recipe, folder, info, history_rows, trainable_log, console, progress, wandb, run_extra
-):
-    """The callbacks of the run folder (every fit): history, stage announcements, live status,
-    progress, previews, W&B. Returns ``(callbacks, progress callback, W&B tracker)``."""
-    from braver.train.callbacks import History
-    from braver.train.progress import TrainingProgress
-    from braver.train.tracking import LiveStatus, PreviewCallback, WandbTracker
-
-    callbacks: list[Callback] = [
-        History(folder / "history.csv", rows=history_rows),
-        Announce(recipe, console, trainable_log, folder=folder, info=info),
-        LiveStatus(),
-    ]
-    progress_bar = TrainingProgress(console, live=progress) if console is not None else None
-    if progress_bar is not None:
-        callbacks.append(progress_bar)
-    report = recipe.report
-    if report.previews and report.preview_cases > 0:
-        callbacks.append(
-            PreviewCallback(
-                cases=report.preview_cases,
-                slices=report.preview_slices,
-                budget=report.preview_budget,
-            )
-        )
-    tracker = WandbTracker(group=run_extra.get("wandb_group")) if wandb else None
-    if tracker is not None:
-        callbacks.append(tracker)
-    return callbacks, progress_bar, tracker
-
-
 def _announce_flips(recipe: Recipe, model, console) -> None:
     from braver.data.patches import PatchGeometry, symmetric
 
@@ -544,44 +286,6 @@ def _announce_flips(recipe: Recipe, model, console) -> None:
                 f"[yellow]data.flip is off for inputs {'+'.join(map(str, key))}[/]: an even "
                 "input size has no centre pixel, so a mirrored tile would move its labels",
             )
-
-
-def _finish(folder, model, cache, valid_cases, history_rows, device, evaluate, console, info):
-    """learning_curves.png and metrics.json (whole-volume Dice on the validation cases)."""
-    from braver.report import plot_learning_curves
-
-    if history_rows:
-        plot_learning_curves(folder / "history.csv", folder / "learning_curves.png")
-    patch = {}
-    if history_rows:
-        last = history_rows[-1]
-        patch = {k: _number(v) for k, v in last.items() if k not in ("stage", "epoch", "time")}
-    metrics: dict[str, Any] = {"validation_cases": valid_cases, "patch": patch}
-    if evaluate and valid_cases:
-        from braver.inference import evaluate_cached_cases
-        from braver.metrics import summarize
-
-        _say(console, f"[bold]Evaluating[/] whole volumes of {len(valid_cases)} validation cases")
-        start = time.time()
-        rows = evaluate_cached_cases(model.eval(), cache, valid_cases, device)
-        summary = summarize(rows)
-        metrics.update({k: v["mean"] for k, v in summary.items()})
-        metrics["summary"] = summary
-        metrics["cases"] = rows
-        metrics["evaluate_seconds"] = round(time.time() - start, 1)
-    metrics["train_seconds"] = info.extra.get("train_seconds")
-    write_json(folder / "metrics.json", metrics)
-    shown = {k: v for k, v in metrics.items() if k.endswith("_dice")}
-    if shown:
-        _say(console, "  ".join(f"{k} [bold]{v:.3f}[/]" for k, v in shown.items()))
-    _say(console, f"[bold green]Done[/] {folder}")
-
-
-def _number(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
 
 
 def _where(state: dict) -> str:

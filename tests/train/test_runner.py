@@ -37,15 +37,17 @@ def _stages(folder):
 def test_cascade_trains_first_network_with_both_stages_then_keeps_it_frozen(
     tiny_cache, tmp_path, monkeypatch
 ):
+    from braver.train import run_folder
+
     snapshots = {}
-    save = runner.save_checkpoint
+    save = run_folder.save_checkpoint
 
     def remember(folder, model, state):
         save(folder, model, state)
         key = ",".join(state["finished"])
         snapshots.setdefault(key, {k: v.clone() for k, v in model.state_dict().items()})
 
-    monkeypatch.setattr(runner, "save_checkpoint", remember)
+    monkeypatch.setattr(run_folder, "save_checkpoint", remember)
     recipe = load_recipe(shipped_recipe("brain"), [*TINY, "model.name=mf_cascade"])
     torch.manual_seed(0)
     folder = runner.train_from_recipe(recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False)

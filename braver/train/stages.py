@@ -141,23 +141,25 @@ class DualStage(Callback):
                 raise CancelFitException
             self._end_stage()
             self._enter(1, epoch)
-        if self.index == 1 and epoch >= self.learn.stage_start + self.epochs[1]:
+        if self.index == 1 and (
+            epoch >= self.learn.stage_start + self.epochs[1] or self.stop_stage
+        ):
             raise CancelFitException
 
     def after_epoch(self):
         patience = self.patience[self.index]
         if patience <= 0 or len(self.learn.dls.loaders) < 2:
             return
-        values = self.learn.recorder.values[-1] if self.learn.recorder.values else []
-        loss = float(values[1]) if len(values) > 1 else math.nan
+        # this epoch's validation loss: the Recorder (order 50) files the epoch after this
+        # callback runs, so it is read from the Recorder's running log [epoch, train, valid, …]
+        log = self.learn.recorder.log
+        loss = float(log[2]) if len(log) > 2 else math.nan
         if loss < self.best:
             self.best, self.waited = loss, 0
             return
         self.waited += 1
         if self.waited >= patience:
-            if self.index == 1:
-                raise CancelFitException
-            self.stop_stage = True
+            self.stop_stage = True  # the next epoch ends the stage (in stage 2, the fit)
 
     def after_fit(self):
         self._end_stage()

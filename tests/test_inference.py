@@ -325,3 +325,61 @@ def test_evaluate_cached_cases_scores_whole_volumes(tmp_path):
     np.testing.assert_array_equal(classes, predict_volume(model, case.image).argmax(0))
     np.testing.assert_array_equal(truth, case.label)
     assert spacing == tuple(case.meta["spacing_zyx"]) and classes.dtype == np.uint8
+
+
+# --- wiring: per-batch boxes, the run's preparation, its channel order --------------------------
+
+
+def test_every_slice_of_a_batch_is_computed_over_its_own_foreground(rng):
+    """Slices whose foreground boxes differ, in one batch: every foreground pixel is run."""
+    model, _ = edema_run()
+    image = np.zeros((4, 3, 22, 19), np.float32)
+    for z, (ys, xs) in enumerate(
+        [(slice(1, 6), slice(1, 5)), (slice(12, 21), slice(10, 18)), (slice(6, 10), slice(13, 19))]
+    ):
+        image[:, z, ys, xs] = rng.uniform(
+            0.5, 1.5, size=(4, ys.stop - ys.start, xs.stop - xs.start)
+        )
+    foreground = (image != 0).any(axis=0)
+    batched = predict_volume(model, image, batch_size=3)
+    assert (batched.argmax(0)[foreground] == 2).all()  # edema wherever the image is
+    alone = predict_volume(model, image, batch_size=1)  # one slice a batch: its own box
+    np.testing.assert_allclose(batched[:, foreground], alone[:, foreground], atol=1e-5)
+
+
+def test_predict_case_prepares_the_case_with_the_runs_settings(tmp_path, rng):
+    from braver.preprocess import preprocess_case
+
+    write_case(tmp_path / "data", rng)
+    (case,) = discover(tmp_path / "data").cases
+    settings = PrepareSettings(n4=False, clip_percentiles=(10.0, 90.0), crop_margin=1)
+    model, info = edema_run()
+    info.prepare = settings.to_dict()
+    result = predict_case(model, info, case)
+    expected = preprocess_case(case, settings).image
+    default = preprocess_case(case, PrepareSettings(n4=False)).image
+    assert result.prepared.image.shape == expected.shape != default.shape  # the margin
+    np.testing.assert_array_equal(result.prepared.image, expected)
+
+
+def test_predict_case_feeds_the_channels_in_the_runs_order(tmp_path, rng):
+    """A run trained on (flair, t1, t1c, t2) gets the case's channels in that order."""
+    write_case(tmp_path / "data", rng)
+    (case,) = discover(tmp_path / "data").cases
+    model = create_model("twopath", in_channels=4, num_classes=4, init_range=0.2)
+    info = RunInfo(
+        kind="brain",
+        model=model.config,
+        label_scheme=BRATS_2021.to_json(),
+        channels=["flair", "t1", "t1c", "t2"],
+        prepare=PrepareSettings(n4=False).to_dict(),
+    )
+    from braver.postprocess import NONE
+
+    result = predict_case(model, info, case, postprocess=NONE)
+    image = result.prepared.image
+    order = [list(case.channels).index(c) for c in info.channels]
+    assert order != [0, 1, 2, 3]
+    probs = predict_volume(model, image[order])
+    assert (result.classes_zyx == probs.argmax(0)).all()
+    assert not (result.classes_zyx == predict_volume(model, image).argmax(0)).all()

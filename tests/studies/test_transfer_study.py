@@ -357,3 +357,44 @@ def test_seed_global_output_trains_the_first_output_layer_alone(liver_cache, tmp
     assert "the first network trains alone for stage 1's epochs" in transfer["schedule"]
     stages = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
     assert stages and all(stage.startswith("first") for stage in stages)
+
+
+def test_the_baseline_starts_from_fresh_weights_not_the_brain_networks(liver_cache, tmp_path):
+    """The baseline trains the brain's architecture from scratch: no start weight is the brain's."""
+    from fastai.callback.core import Callback
+
+    from braver.data.cache import Cache
+
+    class Start(Callback):
+        order = -100
+
+        def before_fit(self):
+            if not hasattr(self, "state"):
+                self.state = {k: v.clone() for k, v in self.learn.model.state_dict().items()}
+
+    brain = _seeded_brain("twopath")
+    start = Start()
+    recipe, _ = liver_recipe()
+    run = train_setup(
+        Setup("baseline (from scratch)", [], "none", baseline=True),
+        recipe,
+        brain,
+        tmp_path / "brain-run",
+        Cache.open(liver_cache),
+        out=tmp_path / "runs",
+        device="cpu",
+        data=None,
+        strategy="sum",
+        class_map="reinit",
+        console=None,
+        progress=False,
+        callbacks=[start],
+    )
+    brain_state = brain.state_dict()
+    same_shape = [k for k, v in start.state.items() if brain_state[k].shape == v.shape]
+    assert "local.conv2.weight" in same_shape
+    for name in same_shape:
+        if brain_state[name].abs().sum() > 0:  # zero-initialised biases can agree by design
+            assert not torch.equal(start.state[name], brain_state[name]), name
+    transfer = json.loads((run / "run.json").read_text())["extra"]["transfer"]
+    assert transfer["baseline"] and transfer["source_run"] is None

@@ -232,3 +232,25 @@ class _Factory:
         folder = self.root / name
         folder.mkdir()
         return folder
+
+
+def test_each_variant_is_scored_with_its_own_network():
+    """Variants whose predictions differ get their own scores, not the intact network's."""
+    from braver.inference import predict_volume
+
+    torch.manual_seed(3)
+    model = create_model("twopath", dropout=0.0, init_range=0.05)
+    operations = [Operation("keep", ("local",)), Operation("keep", ("global",))]
+    variants = build_variants(model, operations)
+    cases = [phantom_case("a", 0)]
+    result = evaluate_variants(variants, iter(cases), BRATS_2021)
+    foreground = (cases[0].image != 0).any(axis=0)
+    accuracies = []
+    for variant, row in zip(variants, result.rows, strict=True):
+        classes = predict_volume(variant.model, cases[0].image).argmax(0)
+        hits = np.count_nonzero((classes == cases[0].label) & foreground)
+        assert row["variant"] == variant.name
+        assert row[ACCURACY] == pytest.approx(hits / np.count_nonzero(foreground))
+        accuracies.append(row[ACCURACY])
+    assert len(set(accuracies)) == 3  # the three networks predict differently
+    assert result.rows[1][f"delta_{ACCURACY}"] == pytest.approx(accuracies[1] - accuracies[0])

@@ -235,3 +235,14 @@ def test_region_dice_without_any_positive_is_one_and_checks_shapes():
         dice.update(torch.zeros(2, 3, 2, 2), torch.zeros(2))
     with pytest.raises(ValueError, match="no region"):
         RegionDice(LIVER, "whole_tumor")
+
+
+def test_summary_median_and_mean_of_a_skewed_metric():
+    """Values worked by hand: mean 0.4, median 0.2, population std √(0.56/3)."""
+    rows = [{"case": "a", "x": 1.0}, {"case": "b", "x": 0.2}, {"case": "c", "x": 0.0}]
+    summary = summarize(rows)["x"]
+    assert summary["mean"] == pytest.approx(0.4)
+    assert summary["median"] == pytest.approx(0.2)
+    assert summary["std"] == pytest.approx((0.56 / 3) ** 0.5)
+    assert [r["case"] for r in summary_rows({"x": summary})] == ["mean", "std", "median"]
+    assert summary_rows({"x": summary})[2]["x"] == pytest.approx(0.2)

@@ -168,3 +168,27 @@ def test_kept_outputs_and_class_map_keep_the_first_classes():
         adapt_for_transfer(brain, 1, 3, keep_outputs=["second.conv1"])
     with pytest.raises(BraverError, match="cannot keep 6 classes of a network trained on 5"):
         adapt_for_transfer(brain, 1, 6, class_map="keep")
+
+
+@pytest.mark.parametrize("class_map", ["reinit", "background"])
+def test_class_map_channels_are_drawn_afresh_but_a_kept_background(class_map):
+    """The second network's weights on the new class map are new draws (the background map's
+    kept with ``background``), not the brain network's weights on its first classes."""
+    torch.manual_seed(0)
+    brain = create_model("input_cascade", num_classes=5)
+    with torch.no_grad():
+        for param in brain.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    liver, _ = reinit_output(brain, 3, class_map=class_map)
+    for layer in ("second.local.conv1", "second.global_path.conv1"):
+        new = liver.get_submodule(layer).weight[:, 4:]  # the 3 class-map channels
+        old = brain.get_submodule(layer).weight[:, 4:]  # the brain's 5
+        assert new.shape[1] == 3
+        fresh = [1, 2] if class_map == "background" else [0, 1, 2]
+        for channel in fresh:
+            same = torch.isclose(new[:, channel], old[:, channel]).float().mean()
+            assert same < 0.01, (layer, channel)
+        if class_map == "background":
+            assert torch.equal(new[:, 0], old[:, 0])
+        image = [m.get_submodule(layer).weight[:, :4] for m in (liver, brain)]
+        assert torch.equal(*image)  # the image channels: copied

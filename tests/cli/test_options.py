@@ -51,7 +51,9 @@ def _predict(run, data, out, *options):
         app, ["predict", str(run), str(data / CASE), "--out", str(out), "--device", "cpu", *options]
     )
     assert result.exit_code == 0, result.output
-    return np.asarray(nib.load(out / f"{CASE}_seg.nii.gz").dataobj)
+    seg = nib.load(out / f"{CASE}_seg.nii.gz")
+    assert seg.get_data_dtype() == np.uint8  # a label map, stored as one
+    return np.asarray(seg.dataobj)
 
 
 def test_predict_tta_and_min_component_change_the_segmentation(tmp_path, data):

@@ -94,7 +94,9 @@ def main() -> None:
                 brain_run = brain_run or run
             figures = measure(run)
             figures["overrides"] = args.liver_overrides if study == "liver" else args.overrides
-            figures["train_seconds"] = trained
+            figures["train_seconds"] = (
+                trained if trained is not None else figures["run_train_seconds"]
+            )
             figures["bench_seconds"] = round(time.perf_counter() - start, 1)
             figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             result[study.replace("-", "_")] = figures
@@ -138,24 +140,14 @@ def transfer_liver(
     brain_run: Path, overrides: list[str], runs: Path, difficulty: str
 ) -> tuple[Path, float]:
     """``braver transfer liver --freeze local`` (phantom profile) from ``brain_run``."""
-    try:  # the transfer study's home (braver.studies.transfer once moved there)
-        from braver.studies.transfer import load_liver_recipe, plan_setups, run_study
-    except ImportError:
-        from braver.transfer_study import load_liver_recipe, plan_setups, run_study
     from braver.data.phantoms import default_phantom_cache
-    from braver.recipe import shipped_recipe
-    from braver.runs import load_model
+    from braver.studies.transfer import plan_transfer_study, run_transfer_study
 
-    recipe, settings = load_liver_recipe(shipped_recipe("liver"), overrides, profile="phantom")
-    brain, _ = load_model(brain_run)
-    setups = plan_setups(brain, ["local"], False, settings)
+    plan = plan_transfer_study("liver", source=brain_run, freeze=["local"], overrides=overrides)
     _, cache = default_phantom_cache("liver", progress=False, difficulty=difficulty)
     start = time.perf_counter()
-    study = run_study(
-        recipe, settings, setups, brain_run=brain_run, cache=cache, out=runs, console=_console()
-    )
-    seconds = round(time.perf_counter() - start, 1)
-    return Path(study.rows[0]["run"]), seconds
+    study = run_transfer_study(plan, cache=cache, out=runs, device="cpu", console=_console())
+    return Path(study.rows[0]["run"]), round(time.perf_counter() - start, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +179,7 @@ def measure(run: Path) -> dict:
         "kind": info.kind,
         "recipe": _run_recipe(run),
         "validation_cases": len(cases),
+        "run_train_seconds": info.extra.get("train_seconds"),
         "dice_raw": mean_dice(NONE),
         "postprocess_chosen": options.to_dict(),
         "dice_postprocessed": mean_dice(options),

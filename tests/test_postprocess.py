@@ -81,19 +81,21 @@ def brain_classes():
 
 def test_brain_small_components_and_core_holes():
     classes = brain_classes()
-    cleaned = postprocess(classes, BRATS_2021, {"min_component_voxels": 5, "fill_holes": True})
+    cleaned = postprocess(
+        classes, BRATS_2021, NONE.replace(min_component_voxels=5, fill_holes=True)
+    )
     assert not cleaned[3, 10:12, 10:12].any()  # the 4-voxel blob is gone
     assert (cleaned[1, 3:6, 3:6] == NECROSIS).all()  # the hole became necrosis
     changed = cleaned != classes
     assert changed.sum() == 4 + 9
     # each option alone
-    only_small = postprocess(classes, BRATS_2021, {"min_component_voxels": 5})
+    only_small = postprocess(classes, BRATS_2021, NONE.replace(min_component_voxels=5))
     assert (only_small != classes).sum() == 4
-    only_holes = postprocess(classes, BRATS_2021, {"fill_holes": True})
+    only_holes = postprocess(classes, BRATS_2021, NONE.replace(fill_holes=True))
     assert (only_holes != classes).sum() == 9
     assert (postprocess(classes, BRATS_2021, NONE) == classes).all()
-    assert (postprocess(classes, BRATS_2021, {"min_component_voxels": 4}) == classes).all()
-    largest = postprocess(classes, BRATS_2021, {"largest_component": True})
+    assert (postprocess(classes, BRATS_2021, NONE.replace(min_component_voxels=4)) == classes).all()
+    largest = postprocess(classes, BRATS_2021, NONE.replace(largest_component=True))
     assert (largest != classes).sum() == 4
 
 
@@ -117,7 +119,7 @@ def liver_classes():
 
 def test_liver_largest_component_keeps_the_organ_and_what_touches_it():
     classes = liver_classes()
-    cleaned = postprocess(classes, LIVER, {"largest_component": True})
+    cleaned = postprocess(classes, LIVER, NONE.replace(largest_component=True))
     assert not cleaned[1:3, 12:15, 12:15].any()  # stray blob and its tumour: background
     assert not cleaned[1, 4:7, 11].any()  # a tumour apart from the liver: background
     assert (cleaned[4, 4:7, 9] == TUMOUR).all()  # touching the liver: one component with it
@@ -126,7 +128,7 @@ def test_liver_largest_component_keeps_the_organ_and_what_touches_it():
 
 def test_tumour_only_inside_the_dilated_liver():
     classes = liver_classes()
-    options = {"largest_component": False, "inside_organ_dilation_mm": 0.0}
+    options = NONE.replace(inside_organ_dilation_mm=0.0)
     inside = postprocess(classes, LIVER, options)
     # tumour inside the liver's filled outline stays, even where no liver voxel touches it
     assert (inside[2:4, 3:6, 3:6] == TUMOUR).all() and inside[2, 2, 2] == TUMOUR
@@ -134,13 +136,13 @@ def test_tumour_only_inside_the_dilated_liver():
     assert not inside[1, 4:7, 11].any() and not inside[4, 4:7, 9].any()  # outside: background
     assert (inside != classes).sum() == 6
     # 1 mm: the tumour touching the liver's edge stays; the one 3 mm away does not
-    near = postprocess(classes, LIVER, {**options, "inside_organ_dilation_mm": 1.0})
+    near = postprocess(classes, LIVER, NONE.replace(inside_organ_dilation_mm=1.0))
     assert (near[4, 4:7, 9] == TUMOUR).all() and not near[1, 4:7, 11].any()
-    far = postprocess(classes, LIVER, {**options, "inside_organ_dilation_mm": 3.0})
+    far = postprocess(classes, LIVER, NONE.replace(inside_organ_dilation_mm=3.0))
     assert (far == classes).all()
     # with 2 mm voxels along x they are 2 mm and 6 mm away
     thick = postprocess(
-        classes, LIVER, {**options, "inside_organ_dilation_mm": 3.0}, spacing_zyx=(1, 1, 2)
+        classes, LIVER, NONE.replace(inside_organ_dilation_mm=3.0), spacing_zyx=(1, 1, 2)
     )
     assert (thick[4, 4:7, 9] == TUMOUR).all() and not thick[1, 4:7, 11].any()
 
@@ -152,7 +154,9 @@ def test_liver_small_tumours_become_liver_and_holes_are_filled():
     classes[1, 7, 7] = TUMOUR  # 1 voxel
     classes[0, 6:8, 2:4] = 0  # a hole in the liver (a vessel missed)
     cleaned = postprocess(
-        classes, LIVER, {"largest_component": False, "min_component_voxels": 2, "fill_holes": True}
+        classes,
+        LIVER,
+        NONE.replace(largest_component=False, min_component_voxels=2, fill_holes=True),
     )
     assert cleaned[1, 7, 7] == LIVER_CLASS and (cleaned[1, 2:5, 2:5] == TUMOUR).all()
     assert (cleaned[0, 6:8, 2:4] == LIVER_CLASS).all()

@@ -1,0 +1,94 @@
+"""DivergenceGuard's rollback in a real fit (epoch of a resumed run, rate scale, optimiser
+state), History's earlier rows, read_history and train_only."""
+
+import math
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from braver.data.blocks import patch_dataloaders
+from braver.models import create_model
+from braver.models.naming import parameter_count, resolve_group
+from braver.recipe import OptimSection
+from braver.train import braver_learner, train_only
+from braver.train.callbacks import History, read_history
+
+
+def _learner(cache, retries=2, tmp_path=None):
+    torch.manual_seed(0)
+    model = create_model("twopath", in_channels=4, num_classes=4, dropout=0.0)
+    ids = cache.case_ids
+    dls = patch_dataloaders(
+        cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=4, valid_patches=2
+    )
+    optim = OptimSection(lr=0.01, momentum_start=0.9, divergence_retries=retries)
+    return braver_learner(
+        dls, model, optim=optim, tile_mode=True, progress=False, path=tmp_path or "."
+    )
+
+
+class _Blow(Callback):
+    """From fit epoch 1 on, a learning rate that diverges."""
+
+    order = -3
+
+    def before_epoch(self):
+        if self.epoch >= 1:
+            self.learn.opt.set_hyper("lr", 1e9)
+
+
+class _Look(Callback):
+    """At the start of each epoch: the rate scale and whether momentum buffers exist."""
+
+    order = 90
+
+    def __init__(self):
+        self.scales, self.momentum = [], []
+
+    def before_epoch(self):
+        self.scales.append(self.learn.lr_scale)
+        state = self.learn.opt.state
+        self.momentum.append(
+            any("grad_avg" in state.get(p, {}) for p in self.learn.model.parameters())
+        )
+
+
+def test_rollbacks_name_the_runs_epoch_halve_the_scale_and_clear_momentum(tiny_cache):
+    learn = _learner(tiny_cache, retries=2)
+    learn.epoch_offset = 5  # a resumed run: fit epoch e is run epoch 5 + e
+    look = _Look()
+    with pytest.warns(UserWarning, match="diverged"):
+        learn.fit(5, cbs=[_Blow(), look])
+    assert [r["epoch"] for r in learn.rollbacks] == [6, 7, 8]
+    assert all(r["stage"] == "fit" for r in learn.rollbacks)
+    assert all(not math.isfinite(r["train_loss"]) or r["train_loss"] > 1 for r in learn.rollbacks)
+    assert learn.diverged
+    # the scale halves at each rollback that is retried: 1, then 0.5, then 0.25
+    assert look.scales == [1.0, 1.0, 0.5, 0.25]
+    # epoch 1 starts with epoch 0's momentum; after a rollback the optimiser starts afresh
+    assert look.momentum[1] and not look.momentum[2] and not look.momentum[3]
+
+
+def test_history_keeps_the_earlier_rows_of_a_resumed_run(tiny_cache, tmp_path):
+    learn = _learner(tiny_cache, tmp_path=tmp_path)
+    earlier = [{"stage": "stage1", "epoch": 0, "train_loss": 1.5}]
+    path = tmp_path / "history.csv"
+    learn.epoch_offset = 1
+    learn.fit(1, cbs=[History(path, stage="stage1", rows=list(earlier))])
+    rows = read_history(path)
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("stage1", "0"), ("stage1", "1")]
+    assert rows[0]["train_loss"] == "1.5"
+    assert read_history(tmp_path / "missing.csv") == []
+
+
+def test_train_only_nothing_named_trains_everything_and_drops_frozen_grads():
+    model = create_model("twopath")
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    assert train_only(model, []) == parameter_count(model)
+    assert all(p.grad is not None for p in model.parameters())
+    train_only(model, ["output"])
+    output = set(resolve_group(model, "output"))
+    for name, param in model.named_parameters():
+        assert (param.grad is not None) == (name in output), name

@@ -141,6 +141,9 @@ class Recipe:
     cascade: CascadeSection = field(default_factory=CascadeSection)
     report: ReportSection = field(default_factory=ReportSection)
     select: SelectSection = field(default_factory=SelectSection)
+    # post-processing of whole volumes (braver.postprocess options; "auto": chosen on the
+    # validation cases at the end of training)
+    postprocess: dict[str, Any] = field(default_factory=dict)
     # how `--data` is prepared (braver.preprocess.PrepareSettings keys); phantoms keep their own
     prepare: dict[str, Any] = field(default_factory=dict)
     source: str | None = field(default=None, compare=False)  # file it came from (not written)
@@ -210,6 +213,17 @@ class Recipe:
                 (f"{name}.prior_shift", 0 <= stage.prior_shift <= 1, "in [0, 1]"),
             ]
         self.prepare_settings()  # unknown or bad [prepare] keys: one error naming the file
+        from braver.postprocess import AUTO, PostprocessOptions
+
+        PostprocessOptions.from_dict(
+            {k: v for k, v in self.postprocess.items() if v != AUTO}, where=self.source
+        )
+        names = {f.name for f in fields(PostprocessOptions)}
+        unknown = sorted(set(self.postprocess) - names)
+        if unknown:
+            raise BraverError(
+                f"unknown key postprocess.{unknown[0]}", self.source, f"known: {', '.join(names)}"
+            )
         for key, ok, expected in checks:
             if not ok:
                 value = _get_dotted(self.to_dict(), key)

@@ -122,7 +122,10 @@ def _run_callbacks(
     return callbacks, progress_bar, tracker
 
 
-def _finish(folder, model, cache, valid_cases, history_rows, device, evaluate, console, info):
+def _finish(
+    folder, model, cache, valid_cases, history_rows, device, evaluate, console, info,
+    postprocess=None,
+):  # fmt: skip
     """learning_curves.png and metrics.json (whole-volume Dice on the validation cases)."""
     from braver.report import plot_learning_curves
 
@@ -139,7 +142,9 @@ def _finish(folder, model, cache, valid_cases, history_rows, device, evaluate, c
 
         _say(console, f"[bold]Evaluating[/] whole volumes of {len(valid_cases)} validation cases")
         start = time.time()
-        rows = evaluate_cached_cases(model.eval(), cache, valid_cases, device)
+        rows = evaluate_cached_cases(
+            model.eval(), cache, valid_cases, device, postprocess=postprocess
+        )
         summary = summarize(rows)
         metrics.update({k: v["mean"] for k, v in summary.items()})
         metrics["summary"] = summary

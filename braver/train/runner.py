@@ -253,6 +253,10 @@ def train_from_recipe(
         scores = ", ".join(f"{k} {v:.3f}" for k, v in selection["mean_dice"].items())
         _say(console, f"  kept [bold]{selection['kept']}[/] (mean Dice {scores})")
         model.train()
+    postprocess = None
+    if recipe.postprocess and valid_cases and evaluate:
+        postprocess = _choose_postprocess(recipe, model, cache, valid_cases, device, console)
+        info.extra["postprocess"] = postprocess.to_dict()
     rollbacks = getattr(learn, "rollbacks", [])
     if rollbacks or diverged:
         info.extra["rollbacks"] = rollbacks
@@ -260,7 +264,10 @@ def train_from_recipe(
     if dist.main:
         save_run_info(folder, info)
         save_weights(folder, model)
-        _finish(folder, model, cache, valid_cases, history_rows, device, evaluate, console, info)
+        _finish(
+            folder, model, cache, valid_cases, history_rows, device, evaluate, console, info,
+            postprocess=postprocess,
+        )  # fmt: skip
         state["done"] = True
         state["diverged"] = diverged
         write_json(folder / PROGRESS, state)
@@ -271,6 +278,20 @@ def train_from_recipe(
     if tracker is not None:
         tracker.finish(folder, exit_code=1 if diverged else 0)
     return folder
+
+
+def _choose_postprocess(recipe, model, cache, valid_cases, device, console):
+    """The recipe's ``[postprocess]`` for this run: ``"auto"`` keys chosen on the validation
+    volumes (``braver.postprocess.recipe_options``)."""
+    from braver.inference import class_maps
+    from braver.postprocess import AUTO, describe, recipe_options
+
+    auto = any(value == AUTO for value in recipe.postprocess.values())
+    maps = class_maps(model.eval(), cache, valid_cases, device) if auto else []
+    options, _ = recipe_options(recipe.postprocess, maps, cache.scheme, where=recipe.source)
+    model.train()
+    _say(console, f"[bold]Post-processing[/] {describe(options)}")
+    return options
 
 
 def _announce_flips(recipe: Recipe, model, console) -> None:

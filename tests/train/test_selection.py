@@ -73,7 +73,7 @@ def test_the_run_records_its_choice(tiny_cache, tmp_path):
         "data.validation_patches=4", "stage1.epochs=1", "stage1.patches_per_epoch=4",
         "stage2.epochs=1", "stage2.patches_per_epoch=4", "model.dropout=0.0",
     ]  # fmt: skip
-    recipe = load_recipe(shipped_recipe("brain"), sets)
+    recipe = load_recipe(shipped_recipe("brain"), [*sets, "postprocess.min_component_voxels=0"])
     folder = runner.train_from_recipe(recipe, cache=tiny_cache.root, out=tmp_path)
     info = json.loads((folder / "run.json").read_text())
     chosen = info["extra"]["selection"]
@@ -83,3 +83,21 @@ def test_the_run_records_its_choice(tiny_cache, tmp_path):
     regions = [k for k in metrics if k.endswith("_dice")]
     mean = sum(metrics[k] for k in regions) / len(regions)
     assert mean == pytest.approx(chosen["mean_dice"][chosen["kept"]], abs=1e-5)
+
+
+def test_the_run_chooses_its_post_processing_on_the_validation_volumes(tiny_cache, tmp_path):
+    from braver.postprocess import MIN_COMPONENT_CANDIDATES
+
+    sets = [
+        "data.mode=tile", "data.tile=4", "data.batch_size=2", "data.validation_fraction=0.25",
+        "data.validation_patches=4", "stage1.epochs=1", "stage1.patches_per_epoch=4",
+        "stage2.epochs=0", "model.dropout=0.0", "select.by=last",
+    ]  # fmt: skip
+    recipe = load_recipe(shipped_recipe("brain"), sets)
+    assert recipe.postprocess["min_component_voxels"] == "auto"
+    folder = runner.train_from_recipe(recipe, cache=tiny_cache.root, out=tmp_path)
+    chosen = json.loads((folder / "run.json").read_text())["extra"]["postprocess"]
+    assert chosen["min_component_voxels"] in MIN_COMPONENT_CANDIDATES
+    assert chosen["fill_holes"] is False
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0 <= metrics["whole_tumor_dice"] <= 1

@@ -50,24 +50,10 @@ Progress = Callable[[int, int], None]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:1`` are checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BraverError(
-            f"unknown device {name!r}", None, "pass --device auto, cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BraverError(
-            f"device {name!r} was asked for but CUDA is not available",
-            None,
-            "pass --device cpu (or auto)",
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise BraverError(f"device {name!r} is not supported", None, "pass --device cpu or cuda")
-    return device
+    """``braver.devices.resolve_device`` as a ``torch.device``."""
+    from braver.devices import resolve_device as resolve
+
+    return torch.device(resolve(name))
 
 
 def default_batch_size(device: str | torch.device) -> int:

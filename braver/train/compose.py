@@ -11,7 +11,7 @@ import torch
 from fastai.callback.core import Callback
 
 from braver.data.cache import Cache
-from braver.errors import BraverError
+from braver.devices import resolve_device  # noqa: F401  (the runner's device resolver)
 from braver.recipe import Recipe
 
 
@@ -31,28 +31,6 @@ class Distributed:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> str:
-    """``auto``/``None`` → cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:N`` checked.
-
-    The one device resolver of braver (the CLI's ``--device`` and the library alike)."""
-    name = "auto" if device is None else str(device)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(name)
-    except RuntimeError:
-        raise BraverError(
-            f"unknown device {name!r}", None, "use auto, cpu, cuda or cuda:N"
-        ) from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise BraverError(
-            f"device {name!r} was asked for but torch sees no CUDA device", None, "use cpu"
-        )
-    if parsed.type not in ("cpu", "cuda"):
-        raise BraverError(f"device {name!r} is not supported", None, "use cpu or cuda")
-    return name
 
 
 def recipe_dataloaders(

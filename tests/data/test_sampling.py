@@ -112,3 +112,15 @@ def test_split_by_case_is_seeded_and_disjoint():
     assert split_cases(ids, 0.2, seed=3) == (train, valid)
     assert split_cases(ids, 0.2, seed=4) != (train, valid)
     assert len(split_cases(["a", "b"], 0.1, seed=0)[1]) == 1
+
+
+def test_a_missing_class_leaves_exact_balance_among_the_others(tmp_path):
+    """10 balanced centres over the 3 classes present: 4, 3, 3 (the remainder to the first)."""
+    cache = write_toy_cache(tmp_path / "c", cases=1)
+    sampler = PatchSampler.from_cache(cache)
+    sampler.counts[:, 3] = 0  # no enhancing voxel to draw
+    with pytest.warns(UserWarning, match="balancing the others"):
+        centres = sampler.sample(10, "balanced", 0)
+    label = np.asarray(cache.case(cache.case_ids[0]).label)
+    classes = label[centres[:, 1], centres[:, 2], centres[:, 3]]
+    assert np.bincount(classes, minlength=4).tolist() == [4, 3, 3, 0]

@@ -54,13 +54,15 @@ class _Look(Callback):
         )
 
 
-def test_rollbacks_name_the_runs_epoch_halve_the_scale_and_clear_momentum(tiny_cache):
+@pytest.mark.parametrize("offset", [None, 5])
+def test_rollbacks_name_the_runs_epoch_halve_the_scale_and_clear_momentum(tiny_cache, offset):
     learn = _learner(tiny_cache, retries=2)
-    learn.epoch_offset = 5  # a resumed run: fit epoch e is run epoch 5 + e
+    if offset is not None:
+        learn.epoch_offset = offset  # a resumed run: fit epoch e is run epoch offset + e
     look = _Look()
     with pytest.warns(UserWarning, match="diverged"):
         learn.fit(5, cbs=[_Blow(), look])
-    assert [r["epoch"] for r in learn.rollbacks] == [6, 7, 8]
+    assert [r["epoch"] for r in learn.rollbacks] == [e + (offset or 0) for e in (1, 2, 3)]
     assert all(r["stage"] == "fit" for r in learn.rollbacks)
     assert all(not math.isfinite(r["train_loss"]) or r["train_loss"] > 1 for r in learn.rollbacks)
     assert learn.diverged
@@ -80,6 +82,8 @@ def test_history_keeps_the_earlier_rows_of_a_resumed_run(tiny_cache, tmp_path):
     assert [(r["stage"], r["epoch"]) for r in rows] == [("stage1", "0"), ("stage1", "1")]
     assert rows[0]["train_loss"] == "1.5"
     assert read_history(tmp_path / "missing.csv") == []
+    learn.fit(1, cbs=[History(tmp_path / "fresh.csv")])  # a new run: its own rows only
+    assert [r["stage"] for r in read_history(tmp_path / "fresh.csv")] == ["fit"]
 
 
 def test_train_only_nothing_named_trains_everything_and_drops_frozen_grads():

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Mutation testing of braver's orchestration code with mutmut 3 (pip install -e '.[mutation]').
+#
+#   bench/mutation.sh                       # the whole orchestration set, its fast tests
+#   MUTATE="braver/train/stages.py braver/train/safety.py braver/train/callbacks.py" \
+#   TESTS="tests/train" bench/mutation.sh   # a smaller set
+#
+# It works in a copy of the tree (WORK, default /tmp/braver-mutation), so the checkout gets no
+# mutants/ folder and edits made meanwhile do not disturb the run; cli/ is moved to braver/cli
+# in the copy so that the mutated braver.cli is the one imported. mutmut runs, for each mutant,
+# only the tests that executed the mutated function (-x, without the slow ones). Statements
+# that only word a message (warnings.warn, BraverError, console lines) are not mutated. The last line
+# is one JSON object: mutants, killed, survived, survival rate; `mutmut results` /
+# `mutmut show NAME` in WORK list and show the survivors.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${WORK:-/tmp/braver-mutation}
+CHILDREN=${CHILDREN:-2}
+MUTATE=${MUTATE:-"braver/train/stages.py braver/train/safety.py braver/train/callbacks.py \
+braver/train/runner.py braver/runs.py braver/inference.py braver/studies/*.py braver/cli/*.py"}
+TESTS=${TESTS:-"tests/train/test_regularisation.py tests/train/test_safety.py \
+tests/train/test_freezing.py tests/train/test_learner.py tests/train/test_runner.py \
+tests/train/test_fastai_api.py tests/studies tests/cli tests/test_inference.py tests/test_runs.py"}
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+
+mkdir -p "$WORK"
+# the tracked and the new (not ignored) files, as they are now
+rm -rf "$WORK/tree.new" && mkdir -p "$WORK/tree.new"
+(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - ) |
+    tar -xf - -C "$WORK/tree.new"
+rm -rf "$WORK/tree.new/braver/cli" && mv "$WORK/tree.new/cli" "$WORK/tree.new/braver/cli"
+# keep mutmut's cache (results of unchanged mutants) from an earlier run
+if [ -d "$WORK/tree/mutants" ]; then mv "$WORK/tree/mutants" "$WORK/tree.new/mutants"; fi
+rm -rf "$WORK/tree" && mv "$WORK/tree.new" "$WORK/tree"
+cd "$WORK/tree"
+toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
+existing_tests=()
+for t in $TESTS; do [ -e "$t" ] && existing_tests+=("$t"); done
+cat >> pyproject.toml <<TOML
+
+[tool.mutmut]
+source_paths = ["braver"]
+only_mutate = [$(toml_list $MUTATE)]
+pytest_add_cli_args_test_selection = [$(toml_list "${existing_tests[@]}")]
+pytest_add_cli_args = ["-m", "not slow and not gpu", "-p", "no:cacheprovider", "-W", "ignore"]
+# the words of messages (warnings, errors, console lines) are not wiring: not mutated
+do_not_mutate_patterns = ['warnings\.warn\(', 'raise BraverError\(', '_say\(', 'console\.print\(', 'logger\.']
+TOML
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 BRAVER_MUTATION=1
+started=$(date +%s)
+nice -n 5 "$PYTHON" -m mutmut run --max-children "$CHILDREN" || true
+"$PYTHON" -m mutmut results --all true > "$WORK/results.txt" 2>&1 || true
+"$PYTHON" - "$WORK/results.txt" "$started" "$MUTATE" <<'PY'
+import collections, json, sys, time
+counts = collections.Counter()
+for line in open(sys.argv[1]):
+    if ":" in line and "__mutmut_" in line:
+        counts[line.rsplit(":", 1)[1].strip()] += 1
+judged = counts["killed"] + counts["survived"] + counts["timeout"]
+untested = judged + counts["no tests"]
+print(json.dumps({
+    "modules": sys.argv[3].split(), "mutants": sum(counts.values()), **counts,
+    # survivors among the mutants some test executes; then counting untested ones as survivors
+    "survival_rate": round(counts["survived"] / judged, 4) if judged else None,
+    "survival_rate_untested_included": (
+        round((counts["survived"] + counts["no tests"]) / untested, 4) if untested else None
+    ),
+    "seconds": round(time.time() - float(sys.argv[2])),
+}))
+PY

@@ -6,12 +6,12 @@
 #   TESTS="tests/train" bench/mutation.sh   # a smaller set
 #
 # It works in a copy of the tree (WORK, default /tmp/braver-mutation), so the checkout gets no
-# mutants/ folder and edits made meanwhile do not disturb the run; cli/ is moved to braver/cli
-# in the copy so that the mutated braver.cli is the one imported. mutmut runs, for each mutant,
-# only the tests that executed the mutated function (-x, without the slow ones). Statements
-# that only word a message (warnings.warn, BraverError, console lines) are not mutated. The last line
-# is one JSON object: mutants, killed, survived, survival rate; `mutmut results` /
-# `mutmut show NAME` in WORK list and show the survivors.
+# mutants/ folder and edits made meanwhile do not disturb the run; cli/ and recipes/ are moved
+# into braver/ in the copy so that braver.cli and braver.recipes come from the copy too.
+# mutmut runs, for each mutant, only the tests that executed the mutated function (-x, without
+# the slow ones). Statements that only word a message (warnings.warn, BraverError, console
+# lines) are not mutated. The last line is one JSON object: mutants, killed, survived, survival
+# rate; `mutmut results` / `mutmut show NAME` in WORK/tree list and show the survivors.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/tmp/braver-mutation}
@@ -28,7 +28,9 @@ mkdir -p "$WORK"
 rm -rf "$WORK/tree.new" && mkdir -p "$WORK/tree.new"
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - ) |
     tar -xf - -C "$WORK/tree.new"
-rm -rf "$WORK/tree.new/braver/cli" && mv "$WORK/tree.new/cli" "$WORK/tree.new/braver/cli"
+for part in cli recipes; do  # braver.cli and braver.recipes live outside braver/ (package-dir)
+    rm -rf "$WORK/tree.new/braver/$part" && mv "$WORK/tree.new/$part" "$WORK/tree.new/braver/$part"
+done
 # keep mutmut's cache (results of unchanged mutants) from an earlier run
 if [ -d "$WORK/tree/mutants" ]; then mv "$WORK/tree/mutants" "$WORK/tree.new/mutants"; fi
 rm -rf "$WORK/tree" && mv "$WORK/tree.new" "$WORK/tree"

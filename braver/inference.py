@@ -17,6 +17,9 @@ on 2 busy CPU cores here (see ``bench/inference.py``).
 Padding follows the patch convention of ``braver.models.crop_inputs``: a patch of side ``S``
 centred on pixel ``c`` covers ``[c - S // 2, c - S // 2 + S)``, so a slice is padded by
 ``S // 2`` before and ``S - 1 - S // 2`` after (``S // 2`` on both sides for odd sizes).
+
+Length: dense prediction, the raw-case path (predict_case) and whole-volume scoring share the
+volume geometry and the label-value bookkeeping; split them when a second user of either appears.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Class maps are (Z, Y, X) class indices (axial slices first, as the cache stores 
 function returns a new array. Defaults (``DEFAULTS``) are measured on phantom validation cases
 with ``bench/quality.py``; a run may record its own (run.json ``extra["postprocess"]``, e.g.
 a size learnt by ``select_option`` on its validation cases), which ``run_options`` reads.
+
+Length: the options, the mask operations and the choice of values on validation cases are
+one feature; each function is short.
 """
 
 from __future__ import annotations

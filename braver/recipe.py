@@ -6,6 +6,9 @@ built-in phantom set (no ``--data``): the paper's values stay in the base tables
 sized for a 2-core CPU live in one clearly separated place.
 
 Unknown keys and values of the wrong type are errors that name the key and the file.
+
+Length: one schema for every recipe (train, prune, the liver recipe's [transfer]) with one
+validator, so that every table reports bad keys the same way; the tables are short dataclasses.
 """
 
 from __future__ import annotations

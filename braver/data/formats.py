@@ -17,6 +17,8 @@ Supported layouts (``format`` names as used by ``--format``):
 Brain cases always list their channels as T1, T1c, T2, FLAIR (``"t1", "t1c", "t2", "flair"``),
 CT cases as ``"ct"``. A case without a label file is allowed (for prediction). Hidden files
 (``.*``, including the ``._*`` files of macOS archives shipped with MSD) are ignored.
+
+Length: one small class per dataset layout, declarative; the layouts are the long part.
 """
 
 from __future__ import annotations

@@ -42,6 +42,9 @@ thick-slice partial volume, HU calibration offset and more noise.
 
 Everything is deterministic for a seed: case ``i`` of seed ``s`` is the same whatever the
 number of cases; an easy case does not change when the realistic one is added.
+
+Length: two anatomies (brain MRI, abdominal CT) at two difficulties with their look-alikes;
+each generator is a sequence of short drawing steps that read best in one place.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ network took per volume.
 run's cached validation cases, or a labelled dataset folder), builds the variants (the options
 given, or the prune recipe's defaults), scores them and writes ``prune.csv``, ``prune.json``
 and ``prune.png``. The cases are read and scored by :mod:`braver.studies.scoring`.
+
+Length: the study's plan, its run and its report; the operations are in braver.surgery and
+the scoring in braver.studies.scoring.
 """
 
 from __future__ import annotations

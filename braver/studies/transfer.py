@@ -34,6 +34,9 @@ The recipe (``recipes/liver.toml``) is a training recipe plus two tables read he
 ``[transfer]`` (:class:`braver.recipe.TransferSection`: strategy, class_map, baseline, the
 default setups per architecture) and ``[prepare]`` (:class:`braver.preprocess.PrepareSettings`
 for ``--data``, e.g. the CT window and normalisation).
+
+Length: planning (which setups, from which run) and running a study with its table; setups
+and the training of one setup are in transfer_setups and transfer_training.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ Optuna's heartbeat grace period for other machines). ``trials`` is the number of
 
 The search space (``braver.studies.search_space``) is TOML over dotted recipe keys; what
 the study writes is in ``braver.studies.tune_results``.
+
+Length: the Optuna objective, pruning callback and storage handling belong together; the
+space and the result files already live in their own modules.
 """
 
 from __future__ import annotations

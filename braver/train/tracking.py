@@ -12,6 +12,9 @@ Files they write in the run folder (read by ``braver dashboard`` and ``report.ht
     previews/<case>/pred_z<Z>.png       the prediction after the latest epoch (overwritten)
     previews/<case>/overlay.png         image | truth | prediction of the case's main slice
     live.json                           process id, host, stage, epoch, batch, loss, updated
+
+Length: previews, live status and W&B are the three things a run tells the outside while it
+trains; they share the run-folder conventions above (one file to read for the dashboard).
 """
 
 from __future__ import annotations

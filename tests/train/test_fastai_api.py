@@ -122,11 +122,8 @@ def test_save_run_and_load_run_give_the_same_learner(learn, tmp_path):
     learn.fit(1)
     folder = learn.save_run(tmp_path / "run", kind="brain")
     names = {p.name for p in folder.iterdir()}
-    assert {"model.safetensors", "run.json"} <= names
+    assert {"model.safetensors", "run.json", "recipe.toml"} <= names
     assert not list(folder.glob("*.pkl")) and not list(folder.glob("*.pth"))
-    from braver.recipe import Recipe
-
-    (folder / "recipe.toml").write_text(Recipe().to_toml())
     again = load_run(folder, progress=False)
     for name, value in again.network.state_dict().items():
         assert torch.equal(value, learn.network.state_dict()[name]), name

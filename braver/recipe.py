@@ -115,7 +115,9 @@ class ReportSection:
     previews: bool = True  # prediction overlays of a few validation slices, per epoch
     preview_cases: int = 2
     preview_slices: int = 5
-    preview_budget: float = 0.05  # previews take at most this share of the training time
+    preview_budget: float = (
+        0.05  # previews take at most this share of training time; 0: every epoch
+    )
 
 
 @dataclass
@@ -202,7 +204,7 @@ class Recipe:
             ("select.tempered", 0 <= self.select.tempered < 1, "in [0, 1)"),
             ("report.preview_cases", self.report.preview_cases >= 0, "non-negative"),
             ("report.preview_slices", self.report.preview_slices >= 1, "a positive integer"),
-            ("report.preview_budget", 0 < self.report.preview_budget <= 1, "in (0, 1]"),
+            ("report.preview_budget", 0 <= self.report.preview_budget <= 1, "in [0, 1]"),
             ("model.dropout", 0 <= self.model.dropout < 1, "in [0, 1)"),
             ("model.init", self.model.init in ("paper", "he"), "one of paper, he"),
         ]

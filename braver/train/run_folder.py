@@ -113,7 +113,7 @@ def _run_callbacks(
             PreviewCallback(
                 cases=report.preview_cases,
                 slices=report.preview_slices,
-                budget=report.preview_budget,
+                budget=report.preview_budget or None,  # 0: after every epoch
             )
         )
     tracker = WandbTracker(group=run_extra.get("wandb_group")) if wandb else None

@@ -122,7 +122,7 @@ def tracked_run(tmp_path_factory):
         # the runner's own wiring: previews from the recipe, LiveStatus, W&B with --wandb
         recipe = load_recipe(
             shipped_recipe("brain"),
-            [*TINY, "report.preview_cases=2", "report.preview_slices=3", "report.preview_budget=1"],
+            [*TINY, "report.preview_cases=2", "report.preview_slices=3", "report.preview_budget=0"],
         )
         torch.manual_seed(0)
         folder = train_from_recipe(

@@ -199,7 +199,7 @@ def _worker(tmp_path, cache, folder, space, trials, *extra) -> subprocess.Popen:
     )
 
 
-def _wait_for(folder: Path, ready, seconds: float = 180) -> list:
+def _wait_for(folder: Path, ready, seconds: float = 600) -> list:
     """Poll the study until ``ready(trials)``; its trials then."""
     deadline = time.time() + seconds
     while time.time() < deadline:

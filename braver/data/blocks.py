@@ -40,7 +40,6 @@ from braver.data.loader import GatherPatches, PatchDL
 from braver.data.patches import (
     Augment,
     PatchGeometry,
-    symmetric,
 )
 from braver.data.sampling import split_cases
 from braver.data.tensors import TensorPatch, TensorPatchMask
@@ -234,8 +233,3 @@ def set_sampling(
             dl.class_weighting, dl.centres = class_weighting, None
         if i == 0 and n is not None:
             dl.patches_per_epoch = n
-
-
-def flips_apply(geometry: PatchGeometry) -> bool:
-    """Whether ``data.flip`` can act on this geometry (every input size odd)."""
-    return symmetric(geometry)

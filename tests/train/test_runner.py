@@ -298,3 +298,31 @@ def test_stage_two_shifts_the_output_biases_by_the_natural_prior(tiny_cache, tmp
     shift_output_prior(model, sampler, 0.5)
     want = 0.5 * torch.log(torch.tensor(totals / totals.sum() * 4, dtype=torch.float32))
     torch.testing.assert_close(model.output.bias - before, want)
+
+
+def test_a_run_interrupted_in_stage_two_resumes_in_stage_two(tiny_cache, tmp_path):
+    """Resume after stage 2 began: stage 1 is not trained again, stage 2 goes on."""
+    import csv
+
+    sets = [*TINY, "stage1.epochs=2", "stage2.epochs=2", "select.by=last"]
+    recipe = load_recipe(shipped_recipe("brain"), sets)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path / "runs", evaluate=False,
+            callbacks=[_Interrupt(at=2)],
+        )  # fmt: skip
+    (folder,) = (tmp_path / "runs").iterdir()
+    progress = json.loads((folder / "progress.json").read_text())
+    assert progress["stage"] == "stage2" and progress["stage2_start"] == 2
+    watch = _Watch()
+    runner.train_from_recipe(recipe, resume=folder, evaluate=False, callbacks=[watch])
+    rows = list(csv.DictReader((folder / "history.csv").open()))
+    assert [(r["stage"], r["epoch"]) for r in rows] == [
+        ("stage1", "0"), ("stage1", "1"), ("stage2", "2"), ("stage2", "3"),
+    ]  # fmt: skip
+    assert len(watch.lrs) == 1  # only the last stage-2 epoch was trained again
+    from braver.train.stages import paper_lr
+
+    # the schedule goes on inside stage 2 (its second epoch), it does not start stage 2 anew
+    base = recipe.stage2.lr or recipe.optim.lr
+    assert watch.lrs[0] == pytest.approx(paper_lr(recipe.optim, base, 1))

@@ -108,3 +108,13 @@ def postprocess_choice(enabled: bool, min_component: int | None):
     if not enabled:
         return NONE.replace(**changes)
     return changes or None
+
+
+FormatOption = Annotated[
+    str | None,
+    typer.Option("--format", help="Dataset layout, when detection fails.", show_default=False),
+]
+TrainDeviceOption = Annotated[
+    str | None,
+    typer.Option("--device", help="cpu or cuda (default: cuda when available)."),
+]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from braver.cli._common import console, is_interactive
+from braver.cli._common import FormatOption, TrainDeviceOption, console, is_interactive
 from braver.errors import BraverError
 
 
@@ -25,16 +25,11 @@ def register(app: typer.Typer) -> None:
                 help="Dataset folder (BraTS / MSD layouts). Without it: the built-in phantoms.",
             ),
         ] = None,
-        format: Annotated[
-            str | None, typer.Option("--format", help="Dataset layout, when detection fails.")
-        ] = None,
+        format: FormatOption = None,
         out: Annotated[
             Path, typer.Option("--out", help="Folder that receives the run folder.")
         ] = Path("runs"),
-        device: Annotated[
-            str | None,
-            typer.Option("--device", help="cpu or cuda (default: cuda when available)."),
-        ] = None,
+        device: TrainDeviceOption = None,
         overrides: Annotated[
             list[str] | None,
             typer.Option("--set", help="Override a recipe value, e.g. --set stage1.epochs=3."),

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from braver.cli._common import console, is_interactive
+from braver.cli._common import FormatOption, TrainDeviceOption, console, is_interactive
 
 
 def register(app: typer.Typer) -> None:
@@ -38,12 +38,7 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
-        format: Annotated[
-            str | None,
-            typer.Option(
-                "--format", help="Dataset layout, when detection fails.", show_default=False
-            ),
-        ] = None,
+        format: FormatOption = None,
         freeze: Annotated[
             list[str] | None,
             typer.Option(
@@ -80,10 +75,7 @@ def register(app: typer.Typer) -> None:
             Path,
             typer.Option("--runs", help="Where to look for the latest brain run without --from."),
         ] = Path("runs"),
-        device: Annotated[
-            str | None,
-            typer.Option("--device", help="cpu or cuda (default: cuda when available)."),
-        ] = None,
+        device: TrainDeviceOption = None,
         overrides: Annotated[
             list[str] | None,
             typer.Option(

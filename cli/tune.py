@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from braver.cli._common import console, is_interactive
+from braver.cli._common import FormatOption, TrainDeviceOption, console, is_interactive
 from braver.errors import BraverError
 
 
@@ -34,12 +34,7 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
-        format: Annotated[
-            str | None,
-            typer.Option(
-                "--format", help="Dataset layout, when detection fails.", show_default=False
-            ),
-        ] = None,
+        format: FormatOption = None,
         space: Annotated[
             Path | None,
             typer.Option(
@@ -106,10 +101,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path, typer.Option("--out", help="Folder that receives the study folder.")
         ] = Path("runs"),
-        device: Annotated[
-            str | None,
-            typer.Option("--device", help="cpu or cuda (default: cuda when available)."),
-        ] = None,
+        device: TrainDeviceOption = None,
         overrides: Annotated[
             list[str] | None,
             typer.Option(

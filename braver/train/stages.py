@@ -280,7 +280,7 @@ class CascadeFirst(Callback):
         self.stage2_lr, self.class_weighting = stage2_lr, class_weighting
         self.cbs, self.done = list(cbs), done
         self.epoch_offset, self.stage2_start = epoch_offset, stage2_start
-        self.skipped = False
+        self.skipped = self.first_diverged = False
 
     def before_fit(self):
         model = getattr(self.learn.model, "module", self.learn.model)
@@ -297,6 +297,12 @@ class CascadeFirst(Callback):
             param.grad = None
         self.done = True
         model.train(self.learn.model.training)  # a frozen first network runs in eval mode
+
+    def after_fit(self):
+        # the cascade's DivergenceGuard clears learn.diverged when its fit starts (after this
+        # callback's before_fit), so a diverged first network marks the run at the end
+        if self.first_diverged:
+            self.learn.diverged = True
 
     def _train_first(self, first: torch.nn.Module) -> None:
         from braver.data.blocks import with_geometry
@@ -331,5 +337,4 @@ class CascadeFirst(Callback):
         for cb in self.cbs:  # callbacks shared with the parent's fit belong to it again
             cb.learn = parent
         parent.first_learner = sub
-        if getattr(sub, "diverged", False):
-            parent.diverged = True
+        self.first_diverged = bool(getattr(sub, "diverged", False))

@@ -1,0 +1,194 @@
+"""``CascadeFirst``: a cascade's first network trained alone through both stages, then frozen.
+
+Fast (a tiny cache, one-epoch stages): the runner's cascade test trains the same path through a
+whole recipe, but it is marked slow.
+"""
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
+
+from braver.data.blocks import patch_dataloaders
+from braver.models import create_model
+from braver.recipe import OptimSection
+from braver.train import braver_learner
+from braver.train.stages import CascadeFirst, PaperSchedule, paper_lr
+
+OPTIM = OptimSection(lr=0.01, lr_decay=0.5, lr_saturate=2, momentum_start=0.5, momentum_end=0.9)
+
+
+def _cascade_learner(cache, progress=False):
+    torch.manual_seed(0)
+    model = create_model("mf_cascade", dropout=0.0)
+    ids = cache.case_ids
+    dls = patch_dataloaders(
+        cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=4, valid_patches=2
+    )
+    return braver_learner(dls, model, optim=OPTIM, tile_mode=True, progress=progress), model
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class _Spy(Callback):
+    """Joins the first network's fit: what each epoch trains with, and the weights at stage
+    boundaries."""
+
+    order = 80
+
+    def __init__(self):
+        self.epochs, self.starts, self.learners = [], {}, []
+
+    def before_fit(self):
+        self.learners.append(self.learn)
+
+    def before_train(self):
+        learn, dl = self.learn, self.learn.dls.train
+        self.starts.setdefault(learn.stage, _state(learn.model))
+        self.epochs.append(
+            {
+                "stage": learn.stage,
+                "epoch": getattr(learn, "epoch_offset", 0) + learn.epoch,
+                "sampling": dl.sampling,
+                "patches": dl.patches_per_epoch,
+                "weighting": dl.class_weighting,
+                "sizes": tuple(dl.geometry.input_sizes),
+                "lr": learn.opt.hypers[-1]["lr"],
+                "rank": getattr(learn, "rank", None),
+            }
+        )
+
+    def after_fit(self):
+        self.end = _state(self.learn.model)
+
+
+class _Parent(Callback):
+    """Joins the cascade's own fit: the first network's state while the second one trains."""
+
+    order = 80
+
+    def before_fit(self):
+        self.start = _state(self.learn.model)
+
+    def before_train(self):
+        first = self.learn.model.first
+        self.modes = (first.training, self.learn.model.second.training)
+        self.frozen = [(p.requires_grad, p.grad) for p in first.parameters()]
+
+
+def test_the_first_network_trains_both_stages_alone_then_stays_frozen(tiny_cache):
+    learn, model = _cascade_learner(tiny_cache)
+    spy, parent = _Spy(), _Parent()
+    cascade_first = CascadeFirst(
+        2, 1, patches=4, stage2_patches=6, stage2_lr=0.002, class_weighting=True,
+        cbs=[PaperSchedule(OPTIM), spy],
+    )  # fmt: skip
+    initial = _state(model.first)
+    learn.fit(1, lr=OPTIM.lr, cbs=[cascade_first, parent])
+
+    # its own Learner, on the first network and its own input size, sharing the settings
+    sub = learn.first_learner
+    assert spy.learners == [sub] and sub is not learn
+    assert sub.model is model.first
+    assert (sub.optim, sub.scheme, sub.path, sub.tile_mode) == (
+        learn.optim, learn.scheme, learn.path, learn.tile_mode,
+    )  # fmt: skip
+    assert not any(isinstance(cb, ProgressCallback) for cb in sub.cbs)
+    assert spy.learn is learn  # the shared callbacks belong to the cascade's fit again
+    assert cascade_first.done and not cascade_first.skipped
+    # both stages of the paper: balanced (class-weighted tiles) then natural, output layer only
+    seen = [
+        (e["stage"], e["epoch"], e["sampling"], e["patches"], e["weighting"]) for e in spy.epochs
+    ]
+    assert seen == [
+        ("first.stage1", 0, "balanced", 4, True),
+        ("first.stage1", 1, "balanced", 4, True),
+        ("first.stage2", 2, "natural", 6, False),
+    ]
+    assert {e["sizes"] for e in spy.epochs} == {model.first.input_sizes} != {model.input_sizes}
+    assert [e["lr"] for e in spy.epochs] == pytest.approx([0.01, paper_lr(OPTIM, 0.01, 1), 0.002])
+    assert {e["rank"] for e in spy.epochs} == {0}
+    # stage 1 trains the hidden layers; stage 2 only the first network's output layer
+    stage2 = spy.starts["first.stage2"]
+    assert not torch.equal(stage2["local.conv1.weight"], initial["local.conv1.weight"])
+    for name, value in spy.end.items():
+        if name.startswith("output."):
+            assert not torch.equal(value, stage2[name]), name
+        else:
+            assert torch.equal(value, stage2[name]), name
+    # then frozen (no grads, eval mode) while the second network trains
+    assert parent.frozen and all(
+        not trainable and grad is None for trainable, grad in parent.frozen
+    )
+    assert parent.modes == (False, True)
+    final = _state(model)
+    for name, value in spy.end.items():
+        assert torch.equal(final[f"first.{name}"], value), name
+        assert torch.equal(parent.start[f"first.{name}"], value), name
+    assert not torch.equal(final["second.output.weight"], parent.start["second.output.weight"])
+
+
+class _Diverge(Callback):
+    def after_fit(self):
+        self.learn.diverged = True
+
+
+def test_a_resumed_first_network_goes_on_where_it_stopped(tiny_cache):
+    """epoch_offset: the epochs still to train; stage2_start: the stage 2 schedule goes on."""
+    learn, model = _cascade_learner(tiny_cache, progress=True)
+    spy = _Spy()
+    learn.fit(
+        1,
+        cbs=CascadeFirst(
+            2, 2, stage2_lr=0.002, epoch_offset=3, stage2_start=2,
+            cbs=[PaperSchedule(OPTIM), spy, _Diverge()],
+        ),
+    )  # fmt: skip
+    assert [(e["stage"], e["epoch"]) for e in spy.epochs] == [("first.stage2", 3)]
+    assert spy.epochs[0]["lr"] == pytest.approx(paper_lr(OPTIM, 0.002, 1))
+    assert any(isinstance(cb, ProgressCallback) for cb in learn.first_learner.cbs)
+    assert learn.diverged  # a first network that diverged marks the run
+
+    learn, model = _cascade_learner(tiny_cache)
+    spy = _Spy()
+    learn.fit(1, cbs=CascadeFirst(2, 1, epoch_offset=1, cbs=[spy]))
+    assert [(e["stage"], e["epoch"]) for e in spy.epochs] == [
+        ("first.stage1", 1), ("first.stage2", 2),
+    ]  # fmt: skip
+    assert not getattr(learn, "diverged", False)
+
+
+@pytest.mark.parametrize("case", ["done", "all frozen", "no epochs"])
+def test_a_first_network_with_nothing_to_train_is_only_frozen(tiny_cache, case):
+    learn, model = _cascade_learner(tiny_cache)
+    if case == "all frozen":
+        model.first.requires_grad_(False)
+    spy, parent = _Spy(), _Parent()
+    epochs = (0, 0) if case == "no epochs" else (1, 1)
+    callback = CascadeFirst(*epochs, done=case == "done", cbs=[spy])
+    learn.fit(1, cbs=[callback, parent])
+    assert spy.epochs == [] and not hasattr(learn, "first_learner")
+    assert callback.done and callback.skipped == (case != "done")
+    assert all(not trainable and grad is None for trainable, grad in parent.frozen)
+    assert parent.modes == (False, True)
+    final = _state(model)
+    for name, value in parent.start.items():
+        if name.startswith("first."):
+            assert torch.equal(final[name], value), name
+
+
+def test_a_plain_twopath_network_is_left_alone(tiny_cache):
+    torch.manual_seed(0)
+    model = create_model("twopath", dropout=0.0)
+    ids = tiny_cache.case_ids
+    dls = patch_dataloaders(
+        tiny_cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=4,
+        valid_patches=2,
+    )  # fmt: skip
+    learn = braver_learner(dls, model, optim=OPTIM, tile_mode=True, progress=False)
+    callback = CascadeFirst(1, 1)
+    learn.fit(1, cbs=callback)
+    assert not callback.done and not callback.skipped
+    assert all(p.requires_grad for p in model.parameters())

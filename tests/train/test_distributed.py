@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -36,9 +37,14 @@ def _worker(rank: int, world: int, init_file: str, cache_root: str, out: str) ->
     original = PatchDL.get_idxs
 
     def logged(self):
+        epoch = self.epoch
         result = original(self)
-        if not self.fixed:
-            seen.append(self.centres.tolist())
+        if not self.fixed:  # this rank's centres, and the whole draw of the epoch (one rank)
+            rank, world = self.rank, self.world
+            self.rank, self.world = 0, 1
+            whole = self.draw(epoch)
+            self.rank, self.world = rank, world
+            seen.append({"mine": self.centres.tolist(), "whole": whole.tolist()})
         return result
 
     PatchDL.get_idxs = logged
@@ -66,6 +72,10 @@ def _worker(rank: int, world: int, init_file: str, cache_root: str, out: str) ->
     torch.distributed.destroy_process_group()
 
 
+def _key(centre):
+    return tuple(np.ravel(centre).tolist())
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_train_shards_and_agree(tiny_cache, tmp_path):
     from safetensors.torch import load_file
@@ -83,8 +93,12 @@ def test_two_gloo_processes_train_shards_and_agree(tiny_cache, tmp_path):
     assert len(list(out.glob("brain-phantom-*"))) == 1
     # each epoch's centres: the two ranks hold complementary halves of the same draw
     for epoch0, epoch1 in zip(logs[0]["centres"], logs[1]["centres"], strict=True):
-        a, b = np.array(epoch0), np.array(epoch1)
-        assert len(a) == len(b) > 0 and not np.array_equal(a, b)
+        assert epoch0["whole"] == epoch1["whole"]  # both ranks drew the same
+        whole = Counter(map(_key, epoch0["whole"]))
+        a, b = Counter(map(_key, epoch0["mine"])), Counter(map(_key, epoch1["mine"]))
+        assert len(epoch0["mine"]) == len(epoch1["mine"]) == len(epoch0["whole"]) // 2 > 0
+        assert a + b == whole  # disjoint halves (as a multiset) that together make the draw
+        assert a != b
     weights = [load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1)]
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name

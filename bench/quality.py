@@ -56,6 +56,13 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--liver-set", dest="liver_overrides", action="append", default=[])
     parser.add_argument("--liver-difficulty", choices=("easy", "realistic"), default="easy")
+    parser.add_argument(
+        "--liver-prepare",
+        action="append",
+        default=[],
+        help="KEY=VALUE of [prepare] (e.g. target_spacing_mm=2.5): the liver phantoms are "
+        "prepared again with these settings into a cache of their own",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
     studies = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -88,12 +95,14 @@ def main() -> None:
                 if source is None:
                     raise SystemExit("liver: pass --brain-run RUN or run brain-easy first")
                 run, trained = transfer_liver(
-                    source, args.liver_overrides, runs, args.liver_difficulty
+                    source, args.liver_overrides, runs, args.liver_difficulty, args.liver_prepare
                 )
             if study == "brain-easy":
                 brain_run = brain_run or run
             figures = measure(run)
             figures["overrides"] = args.liver_overrides if study == "liver" else args.overrides
+            if study == "liver":
+                figures["prepare"] = args.liver_prepare
             figures["train_seconds"] = (
                 trained if trained is not None else figures["run_train_seconds"]
             )
@@ -137,17 +146,38 @@ def train_brain(difficulty: str, overrides: list[str], runs: Path) -> tuple[Path
 
 
 def transfer_liver(
-    brain_run: Path, overrides: list[str], runs: Path, difficulty: str
+    brain_run: Path, overrides: list[str], runs: Path, difficulty: str, prepare: list[str] = ()
 ) -> tuple[Path, float]:
-    """``braver transfer liver --freeze local`` (phantom profile) from ``brain_run``."""
-    from braver.data.phantoms import default_phantom_cache
+    """``braver transfer liver --freeze local`` (phantom profile) from ``brain_run``; with
+    ``prepare`` (``KEY=VALUE`` of ``PrepareSettings``) on the liver phantoms prepared again."""
+    from braver.data.phantoms import PREPARE_LIVER, default_phantom_cache
     from braver.studies.transfer import plan_transfer_study, run_transfer_study
 
     plan = plan_transfer_study("liver", source=brain_run, freeze=["local"], overrides=overrides)
-    _, cache = default_phantom_cache("liver", progress=False, difficulty=difficulty)
+    dataset, cache = default_phantom_cache("liver", progress=False, difficulty=difficulty)
+    if prepare:
+        cache = prepared_again(dataset, {**PREPARE_LIVER, **_parsed(prepare)}, runs)
     start = time.perf_counter()
     study = run_transfer_study(plan, cache=cache, out=runs, device="cpu", console=_console())
     return Path(study.rows[0]["run"]), round(time.perf_counter() - start, 1)
+
+
+def _parsed(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs, values read as TOML (numbers, strings, lists)."""
+    import tomllib
+
+    return {k: tomllib.loads(f"v = {v}")["v"] for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def prepared_again(dataset: Path, settings: dict, runs: Path) -> Path:
+    """The phantom ``dataset`` prepared with ``settings`` into a cache under ``runs``."""
+    from braver.preprocess import PrepareSettings, prepare_dataset
+
+    prepare = PrepareSettings(**settings)
+    tag = "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
+    cache = runs / f"cache-{dataset.parent.name}-{tag}".replace(" ", "")
+    prepare_dataset(dataset, cache, prepare, progress=False)
+    return cache
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 #   bench/mutation.sh                       # the whole orchestration set, its fast tests
 #   MUTATE="braver/train/stages.py braver/train/safety.py braver/train/callbacks.py" \
 #   TESTS="tests/train" bench/mutation.sh   # a smaller set
+#   MUTATE=braver/inference.py NAMES="braver.inference.x_predict_volume*" TESTS=... \
+#   bench/mutation.sh                       # only the mutants of some functions (fnmatch)
 #
 # It works in a copy of the tree (WORK, default /tmp/braver-mutation), so the checkout gets no
 # mutants/ folder and edits made meanwhile do not disturb the run; cli/ and recipes/ are moved
@@ -11,7 +13,8 @@
 # mutmut runs, for each mutant, only the tests that executed the mutated function (-x, without
 # the slow ones). Statements that only word a message (warnings.warn, BraverError, console
 # lines) are not mutated. The last line is one JSON object: mutants, killed, survived, survival
-# rate; `mutmut results` / `mutmut show NAME` in WORK/tree list and show the survivors.
+# rate, seconds, load average; `mutmut results` / `mutmut show NAME` in WORK/tree list and show
+# the survivors. CHILDREN: mutants tested at once (one per free core).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/tmp/braver-mutation}
@@ -21,6 +24,7 @@ braver/train/runner.py braver/runs.py braver/inference.py braver/studies/*.py br
 TESTS=${TESTS:-"tests/train/test_regularisation.py tests/train/test_safety.py \
 tests/train/test_freezing.py tests/train/test_learner.py tests/train/test_runner.py \
 tests/train/test_fastai_api.py tests/studies tests/cli tests/test_inference.py tests/test_runs.py"}
+NAMES=${NAMES:-}  # fnmatch patterns of mutant names (module.x_function__mutmut_N); empty: all
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 
 mkdir -p "$WORK"
@@ -50,14 +54,20 @@ do_not_mutate_patterns = ['warnings\.warn\(', 'raise BraverError\(', '_say\(', '
 TOML
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 BRAVER_MUTATION=1
 started=$(date +%s)
-nice -n 5 "$PYTHON" -m mutmut run --max-children "$CHILDREN" || true
+# shellcheck disable=SC2086  # NAMES: several patterns, split on purpose (no file globbing)
+set -f
+nice -n 5 "$PYTHON" -m mutmut run --max-children "$CHILDREN" $NAMES || true
+set +f
 "$PYTHON" -m mutmut results --all true > "$WORK/results.txt" 2>&1 || true
-"$PYTHON" - "$WORK/results.txt" "$started" "$MUTATE" <<'PY'
-import collections, json, sys, time
+"$PYTHON" - "$WORK/results.txt" "$started" "$MUTATE" "$NAMES" <<'PY'
+import collections, fnmatch, json, os, sys, time
 counts = collections.Counter()
+patterns = sys.argv[4].split()
 for line in open(sys.argv[1]):
     if ":" in line and "__mutmut_" in line:
-        counts[line.rsplit(":", 1)[1].strip()] += 1
+        name, status = (part.strip() for part in line.rsplit(":", 1))
+        if not patterns or any(fnmatch.fnmatch(name, p) for p in patterns):
+            counts[status] += 1
 judged = counts["killed"] + counts["survived"] + counts["timeout"]
 untested = judged + counts["no tests"]
 print(json.dumps({
@@ -68,5 +78,7 @@ print(json.dumps({
         round((counts["survived"] + counts["no tests"]) / untested, 4) if untested else None
     ),
     "seconds": round(time.time() - float(sys.argv[2])),
+    "load_average_15min": round(os.getloadavg()[2], 1),
+    **({"names": patterns} if patterns else {}),
 }))
 PY

@@ -123,11 +123,15 @@ class ReportSection:
 @dataclass
 class CascadeSection:
     """Cascades (paper 3.1.2): the first TwoPathCNN is trained alone with both stages of 3.2,
-    then fixed (and run without dropout) while the second trains."""
+    then fixed (and run without dropout) while the second trains; ``joint``: trained as one
+    network instead (the seed study's transfer setups)."""
 
     first_epochs: int = 1  # its balanced stage
     first_patches_per_epoch: int = 100_000
     first_stage2_epochs: int = 1  # its natural stage (output layer only); 0: skip
+    # True: the cascade trains as one network, as the seed study trained its InputCascadeCNN:
+    # no phase of the first network alone; its trainable layers learn from the cascade's loss
+    joint: bool = False
 
 
 @dataclass

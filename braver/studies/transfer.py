@@ -22,7 +22,10 @@ Freeze values (``--freeze``; a comma list freezes several together):
   layer of both networks is frozen, the second network's weights on the class map included;
   a frozen output layer keeps the brain weights of its first classes (``keep_outputs`` in
   :mod:`braver.transfer`) and the class-map weights are kept (``class_map = "keep"``), since
-  a frozen layer re-initialised would learn nothing. Their rows carry the seed's own figures.
+  a frozen layer re-initialised would learn nothing. As the seed did, the cascade trains as one
+  network (``cascade.joint``): what a setup trains learns from the cascade's loss (the first
+  network's output layer through the frozen second network), with no phase of the first
+  network alone. Their rows carry the seed's own figures.
 
 Otherwise, parameters that the adaptation re-initialised stay trainable whatever is frozen:
 they start from nothing. That is the output layer(s), and in a cascade the second network's

@@ -196,7 +196,22 @@ def train_setup(
         keep = [*description["reinitialised"], *description["partly_reinitialised"]]
         extra["transfer"]["kept_trainable"] = keep
         keeper = FrozenSlices(frozen_slices(probe, setup.freeze, description))
-        if second_network_frozen(probe, setup.freeze, keep):
+        if setup.seed is not None:
+            # the seed trained its InputCascadeCNN as one network: whatever a setup trains
+            # learns from the cascade's loss (the first network's output layer through the
+            # frozen second network), with no phase of the first network alone; stage 2
+            # re-trains the output layers the setup trains (E2E: the final one)
+            recipe = replace(
+                recipe,
+                cascade=replace(recipe.cascade, joint=True),
+                stage2=replace(recipe.stage2, train=list(setup.seed.trains or ["output"])),
+            )
+            extra["transfer"]["schedule"] = (
+                "the seed's way: the cascade trains as one network on its own loss (no phase "
+                "of the first network alone); stage 2 re-trains "
+                + ", ".join(setup.seed.trains or ["second.output"])
+            )
+        elif second_network_frozen(probe, setup.freeze, keep):
             # only the first network learns, in its own fit before the main one: it gets the
             # main stages' epochs and patches, and the main fit has none
             recipe = replace(

@@ -109,7 +109,7 @@ def recipe_callbacks(
     first_callbacks: Sequence[Callback] = (),
 ) -> list[Callback]:
     """The paper's schedule for ``learn.fit(total_epochs(recipe))``: ``CascadeFirst`` (for a
-    cascade), ``DualStage``, ``PaperSchedule`` and ``KeepBest``. ``state`` is a resumed run's
+    cascade, unless ``cascade.joint``), ``DualStage``, ``PaperSchedule`` and ``KeepBest``. ``state`` is a resumed run's
     progress (``progress.json``); ``first_callbacks`` join the first network's own fit."""
     from braver.train.safety import KeepBest
     from braver.train.stages import CascadeFirst, DualStage, PaperSchedule
@@ -117,7 +117,7 @@ def recipe_callbacks(
     state = state or {}
     weighting = _class_weighting(recipe)
     callbacks: list[Callback] = []
-    if hasattr(model, "first") and hasattr(model, "second"):
+    if hasattr(model, "first") and hasattr(model, "second") and not recipe.cascade.joint:
         in_first = state.get("fit") == "first"
         callbacks.append(
             CascadeFirst(

@@ -345,18 +345,40 @@ def test_seed_local_output_trains_the_second_output_layer_alone(liver_cache, tmp
     assert transfer["kept_trainable"] == ["second.output.weight", "second.output.bias"]
 
 
-def test_seed_global_output_trains_the_first_output_layer_alone(liver_cache, tmp_path, monkeypatch):
+def test_seed_global_output_trains_the_first_output_layer_through_the_cascade(
+    liver_cache, tmp_path, monkeypatch
+):
+    """The seed's "global scale": the first network's output layer learns from the cascade's
+    loss (through the frozen second network), in both stages, with no phase of its own."""
+    from braver.train import stages
+
     brain = _seeded_brain("input_cascade")
     setup = seed_setup(brain, "seed-global-output")
+    first_alone = []
+    monkeypatch.setattr(
+        stages.CascadeFirst, "_train_first", lambda self, first: first_alone.append(first)
+    )
+    seen = []
+    real_forward = type(brain).forward
+
+    def forward(self, *inputs):  # which inputs the fitted model gets: the cascade's own
+        seen.append(tuple(x.shape[-1] for x in inputs))
+        return real_forward(self, *inputs)
+
+    monkeypatch.setattr(type(brain), "forward", forward)
     start, final, run = _fit(setup, brain, liver_cache, tmp_path, monkeypatch)
     changed = sorted(n for n in final if not torch.equal(final[n], start[n]))
     assert changed == ["first.output.bias", "first.output.weight"]
     assert torch.equal(final["second.output.weight"], brain.second.output.weight[:3])
+    assert first_alone == []  # no CascadeFirst fit
+    assert seen and all(len(shapes) == len(brain.input_sizes) for shapes in seen)
     transfer = json.loads((run / "run.json").read_text())["extra"]["transfer"]
     assert transfer["trained_parameters"] == 3 * 224 * 21 * 21 + 3
-    assert "the first network trains alone for stage 1's epochs" in transfer["schedule"]
-    stages = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
-    assert stages and all(stage.startswith("first") for stage in stages)
+    assert "the cascade trains as one network" in transfer["schedule"]
+    stages_run = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert stages_run == ["stage1", "stage2"]
+    recipe = (run / "recipe.toml").read_text()
+    assert "joint = true" in recipe and 'train = ["first.output"]' in recipe
 
 
 def test_the_baseline_starts_from_fresh_weights_not_the_brain_networks(liver_cache, tmp_path):

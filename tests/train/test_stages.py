@@ -4,6 +4,9 @@ Fast (a tiny cache, one-epoch stages): the runner's cascade test trains the same
 whole recipe, but it is marked slow.
 """
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
@@ -13,19 +16,37 @@ from braver.data.blocks import patch_dataloaders
 from braver.models import create_model
 from braver.recipe import OptimSection
 from braver.train import braver_learner
-from braver.train.stages import CascadeFirst, PaperSchedule, paper_lr
+from braver.train.stages import (
+    CascadeFirst,
+    PaperSchedule,
+    output_layer,
+    paper_lr,
+    shift_output_prior,
+)
 
 OPTIM = OptimSection(lr=0.01, lr_decay=0.5, lr_saturate=2, momentum_start=0.5, momentum_end=0.9)
 
 
-def _cascade_learner(cache, progress=False):
+def _cascade_learner(cache, progress=False, **options):
     torch.manual_seed(0)
     model = create_model("mf_cascade", dropout=0.0)
     ids = cache.case_ids
     dls = patch_dataloaders(
         cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=4, valid_patches=2
     )
-    return braver_learner(dls, model, optim=OPTIM, tile_mode=True, progress=progress), model
+    options = {"tile_mode": True, **options}
+    return braver_learner(dls, model, optim=OPTIM, progress=progress, **options), model
+
+
+class _Wrapped(torch.nn.Module):
+    """A model wrapped the way DistributedDataParallel wraps it (``.module``)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs):
+        return self.module(*inputs)
 
 
 def _state(module):
@@ -73,16 +94,18 @@ class _Parent(Callback):
         self.start = _state(self.learn.model)
 
     def before_train(self):
-        first = self.learn.model.first
-        self.modes = (first.training, self.learn.model.second.training)
+        model = getattr(self.learn.model, "module", self.learn.model)
+        first = model.first
+        self.modes = (first.training, model.second.training)
         self.frozen = [(p.requires_grad, p.grad) for p in first.parameters()]
 
 
-def test_the_first_network_trains_both_stages_alone_then_stays_frozen(tiny_cache):
-    learn, model = _cascade_learner(tiny_cache)
+def test_the_first_network_trains_both_stages_alone_then_stays_frozen(tiny_cache, tmp_path):
+    scheme = dataclasses.replace(tiny_cache.scheme)  # the parent's own, not the cache's
+    learn, model = _cascade_learner(tiny_cache, path=tmp_path, scheme=scheme, tile_mode=False)
     spy, parent = _Spy(), _Parent()
     cascade_first = CascadeFirst(
-        2, 1, patches=4, stage2_patches=6, stage2_lr=0.002, class_weighting=True,
+        2, 1, patches=6, stage2_patches=8, stage2_lr=0.002, class_weighting=True,
         cbs=[PaperSchedule(OPTIM), spy],
     )  # fmt: skip
     initial = _state(model.first)
@@ -92,9 +115,8 @@ def test_the_first_network_trains_both_stages_alone_then_stays_frozen(tiny_cache
     sub = learn.first_learner
     assert spy.learners == [sub] and sub is not learn
     assert sub.model is model.first
-    assert (sub.optim, sub.scheme, sub.path, sub.tile_mode) == (
-        learn.optim, learn.scheme, learn.path, learn.tile_mode,
-    )  # fmt: skip
+    assert sub.optim is learn.optim and sub.scheme is scheme
+    assert sub.path == tmp_path and sub.tile_mode is False
     assert not any(isinstance(cb, ProgressCallback) for cb in sub.cbs)
     assert spy.learn is learn  # the shared callbacks belong to the cascade's fit again
     assert cascade_first.done and not cascade_first.skipped
@@ -103,9 +125,9 @@ def test_the_first_network_trains_both_stages_alone_then_stays_frozen(tiny_cache
         (e["stage"], e["epoch"], e["sampling"], e["patches"], e["weighting"]) for e in spy.epochs
     ]
     assert seen == [
-        ("first.stage1", 0, "balanced", 4, True),
-        ("first.stage1", 1, "balanced", 4, True),
-        ("first.stage2", 2, "natural", 6, False),
+        ("first.stage1", 0, "balanced", 6, True),
+        ("first.stage1", 1, "balanced", 6, True),
+        ("first.stage2", 2, "natural", 8, False),
     ]
     assert {e["sizes"] for e in spy.epochs} == {model.first.input_sizes} != {model.input_sizes}
     assert [e["lr"] for e in spy.epochs] == pytest.approx([0.01, paper_lr(OPTIM, 0.01, 1), 0.002])
@@ -138,6 +160,7 @@ class _Diverge(Callback):
 def test_a_resumed_first_network_goes_on_where_it_stopped(tiny_cache):
     """epoch_offset: the epochs still to train; stage2_start: the stage 2 schedule goes on."""
     learn, model = _cascade_learner(tiny_cache, progress=True)
+    learn.rank = 1
     spy = _Spy()
     learn.fit(
         1,
@@ -148,16 +171,30 @@ def test_a_resumed_first_network_goes_on_where_it_stopped(tiny_cache):
     )  # fmt: skip
     assert [(e["stage"], e["epoch"]) for e in spy.epochs] == [("first.stage2", 3)]
     assert spy.epochs[0]["lr"] == pytest.approx(paper_lr(OPTIM, 0.002, 1))
+    assert spy.epochs[0]["rank"] == 1  # the parent's rank
     assert any(isinstance(cb, ProgressCallback) for cb in learn.first_learner.cbs)
+    assert learn.first_learner.n_epoch == 1  # the progress bar counts the epochs left
     assert learn.diverged  # a first network that diverged marks the run
 
     learn, model = _cascade_learner(tiny_cache)
     spy = _Spy()
-    learn.fit(1, cbs=CascadeFirst(2, 1, epoch_offset=1, cbs=[spy]))
-    assert [(e["stage"], e["epoch"]) for e in spy.epochs] == [
-        ("first.stage1", 1), ("first.stage2", 2),
-    ]  # fmt: skip
-    assert not getattr(learn, "diverged", False)
+    learn.fit(1, cbs=CascadeFirst(2, epoch_offset=1, cbs=[spy]))  # stage 2: one epoch
+    seen = [(e["stage"], e["epoch"], e["weighting"]) for e in spy.epochs]
+    assert seen == [("first.stage1", 1, False), ("first.stage2", 2, False)]
+    assert not learn.diverged
+
+    learn, model = _cascade_learner(tiny_cache)
+    spy = _Spy()
+    learn.fit(1, cbs=CascadeFirst(1, 1, epoch_offset=2, cbs=[spy]))  # every epoch done
+    assert spy.learners == [] and not learn.diverged
+    assert not any(p.requires_grad for p in model.first.parameters())
+
+
+def test_one_epoch_of_stage_one_alone_is_trained(tiny_cache):
+    learn, model = _cascade_learner(tiny_cache)
+    spy = _Spy()
+    learn.fit(1, cbs=CascadeFirst(1, 0, cbs=[spy]))
+    assert [(e["stage"], e["epoch"]) for e in spy.epochs] == [("first.stage1", 0)]
 
 
 @pytest.mark.parametrize("case", ["done", "all frozen", "no epochs"])
@@ -165,6 +202,8 @@ def test_a_first_network_with_nothing_to_train_is_only_frozen(tiny_cache, case):
     learn, model = _cascade_learner(tiny_cache)
     if case == "all frozen":
         model.first.requires_grad_(False)
+    if case == "done":
+        learn.model = _Wrapped(model)  # as DistributedDataParallel wraps it
     spy, parent = _Spy(), _Parent()
     epochs = (0, 0) if case == "no epochs" else (1, 1)
     callback = CascadeFirst(*epochs, done=case == "done", cbs=[spy])
@@ -192,3 +231,21 @@ def test_a_plain_twopath_network_is_left_alone(tiny_cache):
     learn.fit(1, cbs=callback)
     assert not callback.done and not callback.skipped
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_the_output_layer_of_a_cascade_or_a_wrapped_model_gets_the_prior_shift():
+    from types import SimpleNamespace
+
+    cascade, twopath = create_model("mf_cascade"), create_model("twopath")
+    assert output_layer(cascade) is cascade.second.output
+    assert output_layer(_Wrapped(twopath)) is twopath.output
+    assert output_layer(_Wrapped(cascade)) is cascade.second.output
+    sampler = SimpleNamespace(class_totals=np.array([70.0, 10.0, 20.0, 0.0]))
+    before = {n: p.detach().clone() for n, p in cascade.named_parameters()}
+    shift_output_prior(_Wrapped(cascade), sampler, 0.5)
+    want = 0.5 * torch.log(torch.tensor([0.7, 0.1, 0.2, 1.0]) * 3)  # absent class: no shift
+    want[3] = 0.0
+    torch.testing.assert_close(cascade.second.output.bias - before["second.output.bias"], want)
+    for name, param in cascade.named_parameters():
+        if name != "second.output.bias":
+            assert torch.equal(param, before[name]), name

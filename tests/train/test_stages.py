@@ -249,3 +249,27 @@ def test_the_output_layer_of_a_cascade_or_a_wrapped_model_gets_the_prior_shift()
     for name, param in cascade.named_parameters():
         if name != "second.output.bias":
             assert torch.equal(param, before[name]), name
+
+
+def test_paper_schedule_alone_counts_from_the_fit_and_applies_the_rate_scale(tiny_cache):
+    """Without DualStage (no stage start, no stage rate); a rollback's rate scale multiplies."""
+    torch.manual_seed(0)
+    model = create_model("twopath", dropout=0.0)
+    ids = tiny_cache.case_ids
+    dls = patch_dataloaders(
+        tiny_cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=2,
+        valid_patches=2,
+    )  # fmt: skip
+    learn = braver_learner(dls, model, optim=OPTIM, tile_mode=True, progress=False)
+    learn.lr_scale = 0.5
+    seen = []
+
+    class Rates(Callback):
+        order = 80
+
+        def before_train(self):
+            seen.extend([self.learn.opt.hypers[-1]["lr"], self.learn.opt.hypers[-1]["mom"]])
+
+    learn.fit(3, cbs=[PaperSchedule(OPTIM), Rates()])
+    # lr 0.01 falls to 0.005 at epoch 2, halved; momentum 0.5 → 0.9 over 10 epochs
+    assert seen == pytest.approx([0.005, 0.5, 0.00375, 0.54, 0.0025, 0.58])

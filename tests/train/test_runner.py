@@ -3,12 +3,14 @@
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
 from rich.console import Console
 from safetensors.torch import load_file
 
+from braver.errors import BraverError
 from braver.recipe import load_recipe, shipped_recipe
 from braver.train import runner
 
@@ -314,8 +316,12 @@ def test_a_run_interrupted_in_stage_two_resumes_in_stage_two(tiny_cache, tmp_pat
     (folder,) = (tmp_path / "runs").iterdir()
     progress = json.loads((folder / "progress.json").read_text())
     assert progress["stage"] == "stage2" and progress["stage2_start"] == 2
-    watch = _Watch()
-    runner.train_from_recipe(recipe, resume=folder, evaluate=False, callbacks=[watch])
+    watch, out = _Watch(), io.StringIO()
+    runner.train_from_recipe(
+        recipe, resume=folder, evaluate=False, callbacks=[watch],
+        console=Console(file=out, width=200),
+    )  # fmt: skip
+    assert "after nothing finished, 3 epochs of main" in out.getvalue()
     rows = list(csv.DictReader((folder / "history.csv").open()))
     assert [(r["stage"], r["epoch"]) for r in rows] == [
         ("stage1", "0"), ("stage1", "1"), ("stage2", "2"), ("stage2", "3"),
@@ -326,3 +332,74 @@ def test_a_run_interrupted_in_stage_two_resumes_in_stage_two(tiny_cache, tmp_pat
     # the schedule goes on inside stage 2 (its second epoch), it does not start stage 2 anew
     base = recipe.stage2.lr or recipe.optim.lr
     assert watch.lrs[0] == pytest.approx(paper_lr(recipe.optim, base, 1))
+
+
+def test_a_run_records_what_it_was_given_and_chooses_on_whole_volumes(tiny_cache, tmp_path):
+    """A model built from the class frequencies, frozen groups but a kept parameter, the
+    extras, then weights and post-processing chosen on the validation volumes."""
+    recipe = load_recipe(shipped_recipe("brain"), [*TINY, "select.by=volume", "select.cases=1"])
+    frequencies, start = [], {}
+
+    def build(given):
+        frequencies.append(given)
+        torch.manual_seed(1)
+        model = runner.recipe_model(recipe, tiny_cache, given)
+        start.update({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    folder = runner.train_from_recipe(
+        recipe, cache=tiny_cache.root, out=tmp_path, data="the/dataset", model=build,
+        freeze=["local"], keep_trainable=["local.conv1.bias"], run_extra={"setup": "test"},
+    )  # fmt: skip
+    info = json.loads((folder / "run.json").read_text())
+    valid = info["validation_cases"]
+    train = info["extra"]["train_cases"]
+    assert sorted(train + valid) == tiny_cache.case_ids and len(valid) == 1
+    # the class frequencies in the training cases' heads (every class present: no floor)
+    counts = 0
+    for case in map(tiny_cache.case, train):
+        label = np.asarray(case.label)
+        head = (np.asarray(case.image) != 0).any(axis=0) | (label > 0)
+        counts = counts + np.bincount(label[head], minlength=4)
+    assert frequencies == [pytest.approx((counts / counts.sum()).tolist())]
+    assert (info["data"], info["cache"], info["prepare"]) == (
+        "the/dataset", str(tiny_cache.root), {"tiny": True},
+    )  # fmt: skip
+    assert info["extra"]["setup"] == "test" and info["extra"]["recipe"] == recipe.name
+    assert info["extra"]["device"] == "cpu" and "diverged" not in info["extra"]
+    final = load_file(str(folder / "model.safetensors"))
+    for name in ("local.conv1.weight", "local.conv2.weight", "local.conv2.bias"):
+        assert torch.equal(final[name], start[name]), name  # frozen in every stage
+    assert not torch.equal(final["local.conv1.bias"], start["local.conv1.bias"])
+    # the weights kept, and the post-processing, chosen on the first validation volume
+    selection = info["extra"]["selection"]
+    assert selection["cases"] == valid[:1]
+    assert selection["kept"] == max(selection["mean_dice"], key=selection["mean_dice"].get)
+    assert info["extra"]["postprocess"]["fill_holes"] is False
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert [row["case"] for row in metrics["cases"]] == valid
+    assert 0.0 <= metrics["whole_tumor_dice"] <= 1.0
+    progress = json.loads((folder / "progress.json").read_text())
+    assert progress["done"] is True and progress["diverged"] is False
+    assert not (folder / "checkpoint.safetensors").exists()
+    with pytest.raises(BraverError, match="this run has already finished"):
+        runner.train_from_recipe(recipe, resume=folder)
+
+
+def test_a_run_needs_a_cache_with_labelled_cases(tmp_path):
+    from braver.data.cache import write_case, write_summary
+    from braver.data.labels import BRATS_2021
+
+    recipe = load_recipe(shipped_recipe("brain"), TINY)
+    with pytest.raises(BraverError, match="no cache to train on; pass --data"):
+        runner.train_from_recipe(recipe, out=tmp_path)
+    root = tmp_path / "cache"
+    write_case(root, "c0", np.zeros((4, 2, 40, 40), np.float32), None, {"case_id": "c0"})
+    write_summary(
+        root, {"label_scheme": BRATS_2021.to_json(), "channels": list("abcd"), "cases": ["c0"]}
+    )
+    with pytest.raises(BraverError, match="cache: has no labelled case to train on"):
+        runner.train_from_recipe(recipe, cache=root, out=tmp_path)
+    assert not (tmp_path / "runs").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "cache"
+    ]

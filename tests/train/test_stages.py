@@ -18,6 +18,7 @@ from braver.recipe import OptimSection
 from braver.train import braver_learner
 from braver.train.stages import (
     CascadeFirst,
+    DualStage,
     PaperSchedule,
     output_layer,
     paper_lr,
@@ -273,3 +274,43 @@ def test_paper_schedule_alone_counts_from_the_fit_and_applies_the_rate_scale(tin
     learn.fit(3, cbs=[PaperSchedule(OPTIM), Rates()])
     # lr 0.01 falls to 0.005 at epoch 2, halved; momentum 0.5 → 0.9 over 10 epochs
     assert seen == pytest.approx([0.005, 0.5, 0.00375, 0.54, 0.0025, 0.58])
+
+
+def test_a_bare_part_name_means_the_second_network_of_a_cascade():
+    from braver.train.stages import _final_network_names
+
+    cascade = create_model("mf_cascade")
+    assert _final_network_names(cascade, ["output", "first.local", "second.global", "local"]) == [
+        "second.output", "first.local", "second.global", "second.local",
+    ]  # fmt: skip
+    assert _final_network_names(create_model("twopath"), ["output", "local"]) == [
+        "output", "local",
+    ]  # fmt: skip
+
+
+def test_dual_stage_on_a_cascade_trains_the_second_output_layer_in_stage_two(tiny_cache):
+    learn, model = _cascade_learner(tiny_cache)
+    learn.model = _Wrapped(model)  # as DistributedDataParallel wraps it
+    model.first.requires_grad_(False)  # as CascadeFirst leaves it
+    before = {}
+
+    class Stage2(Callback):
+        order = 80
+
+        def before_train(self):
+            if self.learn.stage == "stage2" and not before:
+                before.update(_state(model))
+                self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    spy = Stage2()
+    learn.fit(2, cbs=[DualStage(1, 1), spy])
+    assert spy.trainable == ["second.output.weight", "second.output.bias"]
+    final = _state(model)
+    for name, value in final.items():
+        if name.startswith("second.output."):
+            assert not torch.equal(value, before[name]), name
+        else:
+            assert torch.equal(value, before[name]), name
+    # what stage 2 froze is given back; what was frozen before stays frozen
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith("second.")}

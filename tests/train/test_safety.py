@@ -96,3 +96,62 @@ def test_train_only_nothing_named_trains_everything_and_drops_frozen_grads():
     output = set(resolve_group(model, "output"))
     for name, param in model.named_parameters():
         assert (param.grad is not None) == (name in output), name
+
+
+def _bounded_learner(cache, **optim):
+    torch.manual_seed(0)
+    model = create_model("twopath", in_channels=4, num_classes=4, dropout=0.0)
+    ids = cache.case_ids
+    dls = patch_dataloaders(
+        cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=4, valid_patches=2
+    )
+    return braver_learner(dls, model, optim=OptimSection(**optim), tile_mode=True, progress=False)
+
+
+BOUND = 2.0**-8  # exact in float32
+
+
+def test_the_weight_bound_holds_every_trained_kernel_and_leaves_frozen_ones(tiny_cache):
+    """optim.weight_bound in a real fit: every trainable kernel ends within ±bound, some on it
+    (the bound acted), while a frozen group keeps its weights, beyond the bound included."""
+    learn = _bounded_learner(tiny_cache, lr=0.05, weight_bound=BOUND)
+    model = learn.model
+    with torch.no_grad():
+        model.local.conv1.weight.mul_(3.0)  # frozen below, and partly beyond the bound
+    frozen = model.local.conv1.weight.detach().clone()
+    model.local.conv1.weight.requires_grad_(False)
+    assert frozen.abs().max() > BOUND
+    learn.fit(2)
+    assert torch.equal(model.local.conv1.weight, frozen)
+    trained = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    trained = [w for w in trained if w.requires_grad]
+    assert len(trained) == 3
+    for weight in trained:
+        assert float(weight.detach().abs().max()) <= BOUND
+    at_bound = sum(int((w.detach().abs() == BOUND).sum()) for w in trained)
+    assert at_bound > 0
+
+
+class _GradNorm(Callback):
+    """The gradients' global L2 norm as the optimiser gets them (after every clip)."""
+
+    order = 95
+
+    def __init__(self):
+        self.norms = []
+
+    def before_step(self):
+        grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
+        self.norms.append(
+            float(
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            )
+        )
+
+
+def test_gradient_clipping_bounds_the_norm_the_optimiser_sees(tiny_cache):
+    free, clipped = _GradNorm(), _GradNorm()
+    _bounded_learner(tiny_cache, lr=0.01).fit(1, cbs=[free])
+    _bounded_learner(tiny_cache, lr=0.01, grad_clip=1e-3).fit(1, cbs=[clipped])
+    assert max(free.norms) > 1e-3  # without the clip the norm is above it ...
+    assert all(n <= 1e-3 * 1.0001 for n in clipped.norms)  # ... with it, never

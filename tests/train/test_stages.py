@@ -22,6 +22,7 @@ from braver.train.stages import (
     PaperSchedule,
     output_layer,
     paper_lr,
+    paper_momentum,
     shift_output_prior,
 )
 
@@ -314,3 +315,11 @@ def test_dual_stage_on_a_cascade_trains_the_second_output_layer_in_stage_two(tin
     # what stage 2 froze is given back; what was frozen before stays frozen
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters() if n.startswith("second.")}
+
+
+def test_a_one_epoch_ramp_reaches_its_end_value_after_one_epoch():
+    optim = OptimSection(
+        lr_decay=0.1, lr_saturate=1, momentum_start=0.5, momentum_end=0.9, momentum_epochs=1
+    )
+    assert [paper_lr(optim, 1.0, e) for e in (0, 1, 2)] == pytest.approx([1.0, 0.1, 0.1])
+    assert [paper_momentum(optim, e) for e in (0, 1, 2)] == pytest.approx([0.5, 0.9, 0.9])

@@ -323,3 +323,56 @@ def test_a_one_epoch_ramp_reaches_its_end_value_after_one_epoch():
     )
     assert [paper_lr(optim, 1.0, e) for e in (0, 1, 2)] == pytest.approx([1.0, 0.1, 0.1])
     assert [paper_momentum(optim, e) for e in (0, 1, 2)] == pytest.approx([0.5, 0.9, 0.9])
+
+
+def _twopath_learner(cache):
+    torch.manual_seed(0)
+    model = create_model("twopath", dropout=0.0)
+    ids = cache.case_ids
+    dls = patch_dataloaders(
+        cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=2,
+        valid_patches=2,
+    )  # fmt: skip
+    return braver_learner(dls, model, optim=OPTIM, tile_mode=True, progress=False), model
+
+
+class _Stages(Callback):
+    """Each epoch's stage and class weighting, the stages announced, and the output bias."""
+
+    order = 80
+
+    def __init__(self):
+        self.epochs, self.started, self.bias = [], [], []
+
+    def stage_started(self, stage):
+        self.started.append(stage)
+
+    def before_train(self):
+        self.epochs.append((self.learn.stage, self.learn.dls.train.class_weighting))
+        self.bias.append(self.learn.model.output.bias.detach().clone())
+
+    def after_train(self):
+        self.bias.append(self.learn.model.output.bias.detach().clone())
+
+
+def test_dual_stage_defaults_no_stage_two_no_weighting_no_prior_shift(tiny_cache):
+    learn, model = _twopath_learner(tiny_cache)
+    spy = _Stages()
+    learn.fit(2, cbs=[DualStage(1), spy])  # stage 2 has no epochs: the fit ends after stage 1
+    assert spy.epochs == [("stage1", False)] and spy.started == ["stage1"]
+    learn, model = _twopath_learner(tiny_cache)
+    spy = _Stages()
+    learn.fit(2, cbs=[DualStage(1, 1), spy])
+    assert spy.epochs == [("stage1", False), ("stage2", False)]
+    assert torch.equal(spy.bias[1], spy.bias[2])  # no prior shift between the stages
+
+
+def test_a_fit_resumed_where_stage_two_began_does_not_shift_the_prior_again(tiny_cache):
+    learn, model = _twopath_learner(tiny_cache)
+    learn.epoch_offset = 1  # epoch 0 (stage 1) done; stage 2 began at epoch 1
+    before = model.output.bias.detach().clone()
+    spy = _Stages()
+    learn.fit(1, cbs=[DualStage(1, 1, prior_shift=1.0, stage2_start=1), spy])
+    assert spy.epochs == [("stage2", False)] and spy.started == ["stage2"]
+    assert torch.equal(spy.bias[0], before)
+    assert learn.stage_start == 1

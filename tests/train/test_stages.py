@@ -376,3 +376,18 @@ def test_a_fit_resumed_where_stage_two_began_does_not_shift_the_prior_again(tiny
     assert spy.epochs == [("stage2", False)] and spy.started == ["stage2"]
     assert torch.equal(spy.bias[0], before)
     assert learn.stage_start == 1
+
+
+def test_dual_stage_without_stage_one_starts_in_stage_two_at_epoch_zero(tiny_cache):
+    learn, model = _twopath_learner(tiny_cache)
+    spy, rates = _Stages(), []
+
+    class Rates(Callback):
+        order = 80
+
+        def before_train(self):
+            rates.append(self.learn.opt.hypers[-1]["lr"])
+
+    learn.fit(2, cbs=[DualStage(0, 2, stage2_lr=0.002), PaperSchedule(OPTIM), spy, Rates()])
+    assert spy.epochs == [("stage2", False), ("stage2", False)] and spy.started == ["stage2"]
+    assert rates == pytest.approx([0.002, paper_lr(OPTIM, 0.002, 1)])

@@ -362,7 +362,7 @@ def test_dual_stage_defaults_no_stage_two_no_weighting_no_prior_shift(tiny_cache
     assert spy.epochs == [("stage1", False)] and spy.started == ["stage1"]
     learn, model = _twopath_learner(tiny_cache)
     spy = _Stages()
-    learn.fit(2, cbs=[DualStage(1, 1), spy])
+    learn.fit(3, cbs=[DualStage(1, 1), spy])  # the fit ends with stage 2's last epoch
     assert spy.epochs == [("stage1", False), ("stage2", False)]
     assert torch.equal(spy.bias[1], spy.bias[2])  # no prior shift between the stages
 

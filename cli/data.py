@@ -258,11 +258,11 @@ def prepare(
         CtNormalisation,
         typer.Option(
             "--ct-normalisation",
-            help="CT after the HU window: unit = scaled to [0, 1]; zscore = z-scored inside "
-            "the body, as the MRI channels.",
+            help="CT after the HU window: zscore = z-scored inside the body, as the MRI "
+            "channels (transfers better from a brain run); unit = scaled to [0, 1].",
             case_sensitive=False,
         ),
-    ] = CtNormalisation.unit,
+    ] = CtNormalisation.zscore,
     format: FormatOption = None,
     clip: Annotated[
         str | None,

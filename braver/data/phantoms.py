@@ -80,7 +80,7 @@ DEFAULT_LIVER = {"cases": 16, "shape": (96, 96, 40), "seed": 2017}
 # paper's T1/T1c-only N4 (`--prepare paper-n4`): edema is seen on T2 and FLAIR. Core and
 # enhancing 0.836 / 0.852 with it, 0.853 / 0.873 without.
 PREPARE_BRAIN = {"n4": True, "n4_channels": ("t1", "t1c", "t2", "flair")}
-PREPARE_LIVER: dict = {}
+PREPARE_LIVER: dict = {"ct_normalisation": "zscore"}  # as recipes/liver.toml prepares --data
 
 # Tissue codes of the brain phantom (rows of the intensity table below).
 (

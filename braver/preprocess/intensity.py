@@ -91,7 +91,7 @@ def window_ct(
     mask: np.ndarray,
     outside: np.ndarray,
     window: tuple[float, float],
-    normalisation: str = "unit",
+    normalisation: str = "zscore",
 ) -> dict:
     """Clip one CT channel to the HU ``window``, then scale it to [0, 1] (``"unit"``: the
     window's low end → 0, as air and padding) or z-score it inside the body (``"zscore"``:

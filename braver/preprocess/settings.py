@@ -29,8 +29,9 @@ class PrepareSettings:
     n4_channels: tuple[str, ...] = ("t1", "t1c")  # the paper's; with n4=None, those present
     n4_shrink: int = 4  # N4 runs on a grid shrunk by this factor; the field is applied in full
     hu_window: tuple[float, float] = (-200.0, 300.0)  # CT: clipped to this window, then ...
-    # ... "unit": scaled to [0, 1] (low → 0); "zscore": z-scored inside the body, as MRI
-    ct_normalisation: str = "unit"
+    # ... "zscore": z-scored inside the body, as MRI (the default: the brain networks were
+    # trained on z-scores, and it transfers better, bench/quality.py); "unit": scaled to [0, 1]
+    ct_normalisation: str = "zscore"
     body_threshold_hu: float = -500.0  # CT foreground: voxels above this (air is about -1000)
     crop_margin: int = 0  # voxels kept around the foreground box on every side (file grid)
     # in-plane (Y, X) voxel size of the cached arrays, mm; None keeps the file's spacing.
@@ -86,7 +87,8 @@ class PrepareSettings:
             raise BraverError(
                 f"unknown preprocessing settings {unknown}", None, f"known: {sorted(known)}"
             )
-        return cls(**data)
+        # a run recorded before CT could be z-scored had its CT scaled to [0, 1]
+        return cls(**{"ct_normalisation": "unit", **data})
 
 
 __all__ = ["PREPROCESS_VERSION", "CT_NORMALISATIONS", "PrepareSettings"]

@@ -44,7 +44,7 @@ def test_ct_window_body_crop_and_table(tmp_path):
     hu = np.asanyarray(image.dataobj).copy()
     hu[7, :, :] = 300  # one voxel of air away from the body (x 1:6)
     nib.save(nib.Nifti1Image(hu, image.affine), str(path))
-    settings = PrepareSettings(hu_window=(-100.0, 200.0))
+    settings = PrepareSettings(hu_window=(-100.0, 200.0), ct_normalisation="unit")
     prepared = preprocess_case(discover(tmp_path).cases[0], settings)
     assert prepared.meta["modality"] == "ct" and prepared.meta["channels"] == ["ct"]
     assert prepared.meta["crop_zyx"] == CANONICAL_BOX  # the table is outside the crop

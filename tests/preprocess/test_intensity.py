@@ -148,7 +148,11 @@ def test_ct_window_then_zscore_inside_the_body(tmp_path):
     stats = prepared.meta["channel_stats"][0]
     assert stats["normalisation"] == "zscore" and stats["mean"] == 0.0 and stats["std"] == 1.0
     assert prepared.meta["settings"]["ct_normalisation"] == "zscore"  # predict does the same
-    unit = preprocess_case(discover(tmp_path).cases[0], PrepareSettings(hu_window=(-100, 200)))
+    assert PrepareSettings().ct_normalisation == "zscore"  # the default
+    unit = preprocess_case(
+        discover(tmp_path).cases[0],
+        PrepareSettings(hu_window=(-100, 200), ct_normalisation="unit"),
+    )
     assert unit.meta["channel_stats"][0]["normalisation"] == "unit"
     assert unit.image.min() >= 0 and unit.image.max() <= 1
 

@@ -34,7 +34,11 @@ def _run(folder, kind, mtime, weights=True):
     return folder
 
 
-def test_the_latest_run_is_the_newest_finished_one_of_its_kind(tmp_path):
+def test_the_latest_run_is_the_newest_finished_one_of_its_kind(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    glob = Path.glob  # the folders in name order, whatever the file system's order
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(sorted(glob(self, pattern))))
     runs = tmp_path / "runs"
     # names sort the other way round from their times: the time decides, not the name
     newer = _run(runs / "brain-a", "brain", 2_000_000)
@@ -47,6 +51,9 @@ def test_the_latest_run_is_the_newest_finished_one_of_its_kind(tmp_path):
     assert resolve_run(None, runs, "brain", "braver predict") == newer
     assert resolve_run(older, runs, "brain", "braver predict") == older
     assert find_latest_run(tmp_path / "nowhere", "brain") is None
+    (tmp_path / "empty").mkdir()
+    assert find_latest_run(tmp_path / "empty", "brain") is None
+    assert find_latest_run(tmp_path / "empty") is None
 
 
 def test_new_run_dir_stamps_the_name_and_never_reuses_a_folder(tmp_path, monkeypatch):
@@ -61,8 +68,9 @@ def test_new_run_dir_stamps_the_name_and_never_reuses_a_folder(tmp_path, monkeyp
     class Frozen:
         @staticmethod
         def now(tz):
-            from datetime import datetime
+            from datetime import datetime, timezone
 
+            assert tz is timezone.utc  # UTC, whatever the machine's time zone
             return datetime(2024, 5, 6, 7, 8, 9, tzinfo=tz)
 
     monkeypatch.setattr(runs_module, "datetime", Frozen)
@@ -195,17 +203,29 @@ def test_load_run_gives_the_runs_learner_on_its_cache_or_a_moved_copy(tmp_path):
     assert [c.case_id for c in again.dls.valid.cases] == valid
     assert again.network.training  # ready for further fits
     assert not any(type(cb).__name__ == "ProgressCallback" for cb in again.cbs)
+    assert any(type(cb).__name__ == "ProgressCallback" for cb in load_run(folder).cbs)
+    # the recorded cases are used as they are (not a split made again)
+    other = train[0]
+    info["validation_cases"], info["extra"]["train_cases"] = [other], train[1:]
+    (folder / "run.json").write_text(json.dumps(info))
+    again = load_run(folder, progress=False)
+    assert [c.case_id for c in again.dls.valid.cases] == [other]
+    assert sorted(c.case_id for c in again.dls.train.cases) == sorted(train[1:])
     # no training cases recorded: the labelled cases that are not validation cases
     info["extra"] = {}
     (folder / "run.json").write_text(json.dumps(info))
     again = load_run(folder, progress=False)
-    assert [c.case_id for c in again.dls.train.cases] == sorted(set(cache.case_ids) - set(valid))
+    assert [c.case_id for c in again.dls.train.cases] == sorted(set(cache.case_ids) - {other})
     # the data moved: cache= finds it, and without it the message says so
     moved = tmp_path / "moved"
     shutil.move(cache.root, moved)
     with pytest.raises(BraverError, match=r"run.json: the run's cache .*cache is not there; pass"):
         load_run(folder, progress=False)
     assert load_run(folder, cache=moved, progress=False).dls.train.cache.root == moved
+    info["cache"] = None
+    (folder / "run.json").write_text(json.dumps(info))
+    with pytest.raises(BraverError, match="the run's cache None is not there"):
+        load_run(folder, progress=False)
     (folder / "recipe.toml").unlink()
     with pytest.raises(BraverError, match="run: has no recipe.toml; load the network with"):
         load_run(folder, cache=moved)

@@ -251,6 +251,11 @@ def test_the_output_layer_of_a_cascade_or_a_wrapped_model_gets_the_prior_shift()
     for name, param in cascade.named_parameters():
         if name != "second.output.bias":
             assert torch.equal(param, before[name]), name
+    # a class seen once is present: it gets its shift too
+    before = cascade.second.output.bias.detach().clone()
+    shift_output_prior(cascade, SimpleNamespace(class_totals=np.array([80, 10, 9, 1])), 1.0)
+    want = torch.log(torch.tensor([0.8, 0.1, 0.09, 0.01]) * 4)
+    torch.testing.assert_close(cascade.second.output.bias - before, want)
 
 
 def test_paper_schedule_alone_counts_from_the_fit_and_applies_the_rate_scale(tiny_cache):
@@ -391,3 +396,27 @@ def test_dual_stage_without_stage_one_starts_in_stage_two_at_epoch_zero(tiny_cac
     learn.fit(2, cbs=[DualStage(0, 2, stage2_lr=0.002), PaperSchedule(OPTIM), spy, Rates()])
     assert spy.epochs == [("stage2", False), ("stage2", False)] and spy.started == ["stage2"]
     assert rates == pytest.approx([0.002, paper_lr(OPTIM, 0.002, 1)])
+
+
+def test_paper_schedule_on_a_plain_fastai_learner():
+    """No DualStage, no DivergenceGuard: the rate of the fit's epoch, unscaled."""
+    import torch.nn.functional as F
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.optimizer import SGD
+
+    torch.manual_seed(0)
+    data = list(zip(torch.randn(8, 3), torch.randint(0, 2, (8,)), strict=True))
+    dls = DataLoaders.from_dsets(data, data, bs=4, device="cpu")
+    learn = Learner(dls, torch.nn.Linear(3, 2), loss_func=F.cross_entropy, opt_func=SGD)
+    rates = []
+
+    class Rates(Callback):
+        order = 80
+
+        def before_train(self):
+            rates.append((self.learn.opt.hypers[-1]["lr"], self.learn.opt.hypers[-1]["mom"]))
+
+    learn.fit(3, cbs=[PaperSchedule(OPTIM), Rates()])
+    assert [r for r, _ in rates] == pytest.approx([0.01, 0.0075, 0.005])
+    assert [m for _, m in rates] == pytest.approx([0.5, 0.54, 0.58])

@@ -5,6 +5,7 @@ whole recipe, but it is marked slow.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -297,7 +298,7 @@ def test_a_bare_part_name_means_the_second_network_of_a_cascade():
 def test_dual_stage_on_a_cascade_trains_the_second_output_layer_in_stage_two(tiny_cache):
     learn, model = _cascade_learner(tiny_cache)
     learn.model = _Wrapped(model)  # as DistributedDataParallel wraps it
-    model.first.requires_grad_(False)  # as CascadeFirst leaves it
+    model.first.local.requires_grad_(False)  # frozen before the fit (a transfer setup)
     before = {}
 
     class Stage2(Callback):
@@ -319,7 +320,7 @@ def test_dual_stage_on_a_cascade_trains_the_second_output_layer_in_stage_two(tin
             assert torch.equal(value, before[name]), name
     # what stage 2 froze is given back; what was frozen before stays frozen
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters() if n.startswith("second.")}
+    assert trainable == {n for n, _ in model.named_parameters() if not n.startswith("first.local")}
 
 
 def test_a_one_epoch_ramp_reaches_its_end_value_after_one_epoch():
@@ -420,3 +421,31 @@ def test_paper_schedule_on_a_plain_fastai_learner():
     learn.fit(3, cbs=[PaperSchedule(OPTIM), Rates()])
     assert [r for r, _ in rates] == pytest.approx([0.01, 0.0075, 0.005])
     assert [m for _, m in rates] == pytest.approx([0.5, 0.54, 0.58])
+
+
+def test_stage_two_starts_with_the_prior_shift_of_the_natural_frequencies(tiny_cache):
+    learn, model = _twopath_learner(tiny_cache)
+    spy = _Stages()
+    learn.fit(2, cbs=[DualStage(1, 1, prior_shift=0.5), spy])
+    totals = learn.dls.train.sampler.class_totals.astype(float)
+    want = 0.5 * torch.log(torch.tensor(totals / totals.sum() * 4, dtype=torch.float32))
+    torch.testing.assert_close(spy.bias[2] - spy.bias[1], want)
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+def test_stage_patience_counts_epochs_without_a_better_validation_loss(metrics):
+    """Patience 2: the stage stops after the second epoch in a row that is not the best."""
+    from types import SimpleNamespace
+
+    stages = DualStage(9, 9, stage1_patience=2)
+    log = [0, 1.0, None, 0.5] if metrics else [0, 1.0, None]  # epoch, train, valid, a metric
+    stages.learn = SimpleNamespace(
+        dls=SimpleNamespace(loaders=[0, 1]), recorder=SimpleNamespace(log=log)
+    )
+    stages.index, stages.best, stages.waited, stages.stop_stage = 0, math.inf, 0, False
+    stopped = []
+    for loss in [1.0, 0.8, 0.9, 0.7, 0.75, 0.76]:  # best, best, not, best, not, not
+        log[2] = loss
+        stages.after_epoch()
+        stopped.append(stages.stop_stage)
+    assert stopped == [False, False, False, False, False, True]

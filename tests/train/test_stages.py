@@ -348,17 +348,25 @@ class _Stages(Callback):
     order = 80
 
     def __init__(self):
-        self.epochs, self.started, self.bias = [], [], []
+        self.epochs, self.started, self.ended, self.bias = [], [], [], []
+        self.momentum, self.momentum_after = [], []
 
     def stage_started(self, stage):
         self.started.append(stage)
 
+    def stage_ended(self, stage):
+        self.ended.append(stage)
+
     def before_train(self):
         self.epochs.append((self.learn.stage, self.learn.dls.train.class_weighting))
         self.bias.append(self.learn.model.output.bias.detach().clone())
+        opt = self.learn.opt  # parameters with a momentum buffer
+        self.momentum.append(sum("grad_avg" in opt.state[p] for p, *_ in opt.all_params()))
 
     def after_train(self):
         self.bias.append(self.learn.model.output.bias.detach().clone())
+        opt = self.learn.opt
+        self.momentum_after.append(sum("grad_avg" in opt.state[p] for p, *_ in opt.all_params()))
 
 
 def test_dual_stage_defaults_no_stage_two_no_weighting_no_prior_shift(tiny_cache):
@@ -370,6 +378,9 @@ def test_dual_stage_defaults_no_stage_two_no_weighting_no_prior_shift(tiny_cache
     spy = _Stages()
     learn.fit(3, cbs=[DualStage(1, 1), spy])  # the fit ends with stage 2's last epoch
     assert spy.epochs == [("stage1", False), ("stage2", False)]
+    assert spy.ended == ["stage1", "stage2"]
+    # stage 2 starts without stage 1's momentum
+    assert spy.momentum == [0, 0] and spy.momentum_after[0] == 8  # every parameter had one
     assert torch.equal(spy.bias[1], spy.bias[2])  # no prior shift between the stages
 
 

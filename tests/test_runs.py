@@ -120,10 +120,14 @@ def test_load_model_gives_the_saved_weights_in_eval_mode(tmp_path):
         load_model(folder)
 
 
-def test_find_latest_run_skips_unreadable_run_files(tmp_path):
+def test_find_latest_run_skips_unreadable_run_files(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    glob = Path.glob  # the broken one first (name order), whatever the file system's order
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(sorted(glob(self, pattern))))
     runs = tmp_path / "runs"
-    good = _run(runs / "brain-a", "brain", 1_000_000)
-    broken = _run(runs / "brain-b", "brain", 2_000_000)
+    good = _run(runs / "brain-b", "brain", 1_000_000)
+    broken = _run(runs / "brain-a", "brain", 2_000_000)
     (broken / "run.json").write_text("{broken")
     assert find_latest_run(runs, "brain") == good
     assert find_latest_run(runs) == broken  # no kind asked: run.json is not read

@@ -76,7 +76,7 @@ class OptimSection:
     class_weights: bool = True  # mode "tile": per-pixel weights that stand in for balancing
     class_weight_power: float = 1.0  # 1: balanced; below 1 softer (tile mode)
     divergence_retries: int = 2  # a diverged epoch rolls back and halves the rate this often
-    spike_factor: float = 10.0  # a training loss this many times the stage's best: diverged
+    spike_factor: float = 10.0  # a training loss this many times the stage's best or ln K: diverged
 
 
 @dataclass

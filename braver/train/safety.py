@@ -88,8 +88,20 @@ class KeepBest(Callback):
             self.stage_ended(stage)
 
 
+def _chance_loss(learn) -> float:
+    """Cross-entropy of a uniform prediction over the learner's classes, ln K (class weights
+    leave it unchanged); inf when the classes are unknown."""
+    scheme = getattr(learn, "scheme", None)
+    classes = getattr(scheme, "num_classes", 0) if scheme is not None else 0
+    return math.log(classes) if classes > 1 else math.inf
+
+
 class DivergenceGuard(Callback):
-    """Roll back a diverged epoch and lower the learning rate, ``retries`` times at most."""
+    """Roll back a diverged epoch and lower the learning rate, ``retries`` times at most.
+
+    An epoch diverged when its training loss is not finite, its weights are not, or the loss
+    is above ``spike`` times the stage's best epoch so far or times ln K (a uniform guess over
+    K classes), whichever is lower."""
 
     order = 55  # after the Recorder, before KeepBest
 
@@ -114,7 +126,9 @@ class DivergenceGuard(Callback):
     def after_epoch(self):
         stage = getattr(self.learn, "stage", "fit")
         train, _ = _last_losses(self.learn)
-        best = self.best_train.get(stage, math.inf)
+        # the reference: the stage's best epoch so far, and at most the loss of a uniform
+        # prediction (ln K), so that a first epoch already blown up counts as a spike too
+        best = min(self.best_train.get(stage, math.inf), _chance_loss(self.learn))
         weights_finite = all(bool(torch.isfinite(p).all()) for p in self.learn.model.parameters())
         if math.isfinite(train) and weights_finite and train <= self.spike * best:
             self.best_train[stage] = min(best, train)
@@ -127,6 +141,9 @@ class DivergenceGuard(Callback):
         _load(self.learn.model, self.good)
         if self.learn.opt is not None:
             self.learn.opt.clear_state()
+        smooth = getattr(getattr(self.learn, "recorder", None), "smooth_loss", None)
+        if smooth is not None:
+            smooth.reset()  # the next epoch's training loss must not carry this one's
         self.learn.rolled_back = True
         self.learn.rollbacks.append({"stage": stage, "epoch": epoch, "train_loss": train})
         if self.left <= 0:

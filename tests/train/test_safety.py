@@ -2,6 +2,7 @@
 state), History's earlier rows, read_history and train_only."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -155,3 +156,29 @@ def test_gradient_clipping_bounds_the_norm_the_optimiser_sees(tiny_cache):
     _bounded_learner(tiny_cache, lr=0.01, grad_clip=1e-3).fit(1, cbs=[clipped])
     assert max(free.norms) > 1e-3  # without the clip the norm is above it ...
     assert all(n <= 1e-3 * 1.0001 for n in clipped.norms)  # ... with it, never
+
+
+class _Huge(Callback):
+    """Epoch 0's training loss finite but enormous (what a too-high rate with a weight bound
+    gives: no NaN ever appears)."""
+
+    order = -1
+
+    def after_loss(self):
+        if self.training and self.epoch == 0:
+            self.learn.loss = self.learn.loss * 1e5
+            self.learn.loss_grad = self.learn.loss_grad * 1e5
+
+
+def test_a_first_epoch_already_blown_up_is_rolled_back(tiny_cache):
+    """No earlier epoch to compare with: the reference is a uniform guess, ln K."""
+    learn = _learner(tiny_cache, retries=2)
+    start = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learn.fit(2, cbs=[_Huge()])
+    assert [r["epoch"] for r in learn.rollbacks] == [0]
+    assert learn.rollbacks[0]["train_loss"] > 10 * math.log(4)
+    assert learn.lr_scale == 0.5 and not learn.diverged
+    # the epoch after the rollback started from the initial weights and trained normally
+    assert not all(torch.equal(start[k], v) for k, v in learn.model.state_dict().items())

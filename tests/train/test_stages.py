@@ -379,6 +379,7 @@ def test_dual_stage_defaults_no_stage_two_no_weighting_no_prior_shift(tiny_cache
     learn.fit(3, cbs=[DualStage(1, 1), spy])  # the fit ends with stage 2's last epoch
     assert spy.epochs == [("stage1", False), ("stage2", False)]
     assert spy.ended == ["stage1", "stage2"]
+    assert learn.stage2_start == 1  # recorded for a resume (progress.json)
     # stage 2 starts without stage 1's momentum
     assert spy.momentum == [0, 0] and spy.momentum_after[0] == 8  # every parameter had one
     assert torch.equal(spy.bias[1], spy.bias[2])  # no prior shift between the stages

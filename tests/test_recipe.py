@@ -13,6 +13,10 @@ def test_shipped_brain_recipe_has_the_paper_values():
     assert recipe.stage2.train == ["output"]
     assert recipe.data.mode == "patch" and recipe.model.name in ("twopath", "input_cascade")
     assert recipe.data.flip is False and recipe.data.intensity == 0  # the paper: no augmentation
+    # the paper's bound on kernel weights and its component clean-up are on, with our values
+    assert recipe.optim.weight_bound == 0.1
+    assert recipe.postprocess["min_component_voxels"] == "auto"
+    assert load_recipe(shipped_recipe("brain"), profile="phantom").optim.weight_bound == 0
 
 
 def test_phantom_profile_is_merged_only_when_asked():

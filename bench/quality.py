@@ -24,6 +24,8 @@ end; "raw" is the network alone.
     python bench/quality.py --only brain-easy --runs runs-q   # one, keeping its run folder
     python bench/quality.py --only liver --brain-run runs-q/brain-phantom-…  # reuse a run
     python bench/quality.py --reuse brain-easy=RUN            # measure an existing run only
+    python bench/quality.py --only liver --brain-run RUN --liver-prepare target_spacing_mm=3.75
+                                                    # the liver phantoms prepared another way
 
 The last line of stdout is one JSON object.
 """

@@ -385,3 +385,44 @@ def test_predict_case_feeds_the_channels_in_the_runs_order(tmp_path, rng):
     probs = predict_volume(model, image[order])
     assert (result.classes_zyx == probs.argmax(0)).all()
     assert not (result.classes_zyx == predict_volume(model, image).argmax(0)).all()
+
+
+def test_predict_case_passes_its_options_on(tmp_path, rng):
+    """Batch size, progress, flip TTA and post-processing reach the prediction; class maps
+    are uint8; probabilities only when asked for."""
+    write_case(tmp_path / "data", rng)
+    (case,) = discover(tmp_path / "data").cases
+    torch.manual_seed(3)
+    model = create_model("twopath", in_channels=4, num_classes=4, init_range=0.2)
+    _, info = edema_run()
+    info.prepare = PrepareSettings(n4=False).to_dict()
+    calls = []
+    plain = predict_case(
+        model, info, case, batch_size=2, progress=lambda d, t: calls.append((d, t))
+    )
+    assert plain.probabilities is None and plain.classes_zyx.dtype == np.uint8
+    slices = int((plain.prepared.image != 0).any(axis=(0, 2, 3)).sum())
+    assert slices > 2 and calls == [(min(n, slices), slices) for n in range(2, slices + 2, 2)]
+    flipped = predict_case(model, info, case, tta=True, probabilities=True)
+    again = predict_case(model, info, case, probabilities=True)
+    assert np.abs(flipped.probabilities - again.probabilities).max() > 1e-3
+    # the edema network's one component is smaller than a million voxels: removed
+    edema, _ = edema_run()
+    assert (predict_case(edema, info, case).classes_zyx == 2).any()
+    cleaned = predict_case(edema, info, case, postprocess={"min_component_voxels": 10**6})
+    assert not (cleaned.classes_zyx > 0).any()
+
+
+def test_check_compatible_and_channel_order_of_other_cases():
+    from types import SimpleNamespace
+
+    from braver.inference import channel_order, check_compatible
+
+    _, info = edema_run()
+    names = {"case_id": "c", "folder": "f", "channels": ["a", "b", "c", "d"]}
+    unlabelled = SimpleNamespace(**names, scheme=LIVER, label=None)
+    assert check_compatible(info, unlabelled).class_names == BRATS_2021.class_names
+    labelled = SimpleNamespace(**names, scheme=LIVER, label="f/c_seg.nii.gz")
+    with pytest.raises(BraverError, match="is labelled with"):
+        check_compatible(info, labelled)
+    assert channel_order(info, unlabelled) == [0, 1, 2, 3]  # other names: the case's order

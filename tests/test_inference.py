@@ -401,6 +401,7 @@ def test_predict_case_passes_its_options_on(tmp_path, rng):
         model, info, case, batch_size=2, progress=lambda d, t: calls.append((d, t))
     )
     assert plain.probabilities is None and plain.classes_zyx.dtype == np.uint8
+    assert plain.case_id == "Case_001"
     slices = int((plain.prepared.image != 0).any(axis=(0, 2, 3)).sum())
     assert slices > 2 and calls == [(min(n, slices), slices) for n in range(2, slices + 2, 2)]
     flipped = predict_case(model, info, case, tta=True, probabilities=True)
@@ -426,3 +427,18 @@ def test_check_compatible_and_channel_order_of_other_cases():
     with pytest.raises(BraverError, match="is labelled with"):
         check_compatible(info, labelled)
     assert channel_order(info, unlabelled) == [0, 1, 2, 3]  # other names: the case's order
+
+
+def test_nothing_outside_the_foreground_box_is_run(rng):
+    """The box is exactly the foreground's rows 3–18 and columns 2–15, on every side."""
+    torch.manual_seed(0)
+    model = create_model("twopath", in_channels=4, num_classes=4, init_range=0.1)
+    image = random_image(rng)
+    probs = predict_volume(model, image, batch_size=3)
+    outside = np.ones((22, 19), bool)
+    outside[3:19, 2:16] = False
+    assert (probs[0][:, outside] == 1).all()
+    # run there, the network would not give background 1 on any of the four sides
+    full = predict_volume(model, image, batch_size=3, crop_to_foreground=False)
+    for side in (full[0][:, 2], full[0][:, 19], full[0][:, :, 1], full[0][:, :, 16]):
+        assert (side != 1).any()

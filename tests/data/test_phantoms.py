@@ -458,3 +458,17 @@ def test_synth_realistic_records_its_difficulty(tmp_path):
     with pytest.raises(BraverError, match="unknown phantom difficulty"):
         synth_brain(tmp_path / "x", cases=1, shape=SMALL, difficulty="hard")
     assert not (tmp_path / "x").exists()
+
+
+def test_liver_phantoms_are_prepared_as_the_liver_recipe_prepares_data():
+    """The demo's liver cache and `braver transfer liver --data` see CT the same way."""
+    from braver.data.phantoms import PREPARE_LIVER
+    from braver.preprocess import PrepareSettings
+    from braver.recipe import shipped_recipe
+    from braver.studies.transfer import load_liver_recipe
+
+    _, settings = load_liver_recipe(shipped_recipe("liver"), [], profile=None)
+    phantom = PrepareSettings(**PREPARE_LIVER)
+    assert phantom.ct_normalisation == settings.prepare.ct_normalisation == "zscore"
+    assert phantom.target_spacing_mm == settings.prepare.target_spacing_mm == 5.0
+    assert phantom.hu_window == settings.prepare.hu_window

@@ -16,14 +16,14 @@ from braver.train import braver_learner, train_only
 from braver.train.callbacks import History, read_history
 
 
-def _learner(cache, retries=2, tmp_path=None):
+def _learner(cache, retries=2, tmp_path=None, optim=None):
     torch.manual_seed(0)
     model = create_model("twopath", in_channels=4, num_classes=4, dropout=0.0)
     ids = cache.case_ids
     dls = patch_dataloaders(
         cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=4, valid_patches=2
     )
-    optim = OptimSection(lr=0.01, momentum_start=0.9, divergence_retries=retries)
+    optim = optim or OptimSection(lr=0.01, momentum_start=0.9, divergence_retries=retries)
     return braver_learner(
         dls, model, optim=optim, tile_mode=True, progress=False, path=tmp_path or "."
     )
@@ -99,23 +99,13 @@ def test_train_only_nothing_named_trains_everything_and_drops_frozen_grads():
         assert (param.grad is not None) == (name in output), name
 
 
-def _bounded_learner(cache, **optim):
-    torch.manual_seed(0)
-    model = create_model("twopath", in_channels=4, num_classes=4, dropout=0.0)
-    ids = cache.case_ids
-    dls = patch_dataloaders(
-        cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=4, valid_patches=2
-    )
-    return braver_learner(dls, model, optim=OptimSection(**optim), tile_mode=True, progress=False)
-
-
 BOUND = 2.0**-8  # exact in float32
 
 
 def test_the_weight_bound_holds_every_trained_kernel_and_leaves_frozen_ones(tiny_cache):
     """optim.weight_bound in a real fit: every trainable kernel ends within ±bound, some on it
     (the bound acted), while a frozen group keeps its weights, beyond the bound included."""
-    learn = _bounded_learner(tiny_cache, lr=0.05, weight_bound=BOUND)
+    learn = _learner(tiny_cache, optim=OptimSection(lr=0.05, weight_bound=BOUND))
     model = learn.model
     with torch.no_grad():
         model.local.conv1.weight.mul_(3.0)  # frozen below, and partly beyond the bound
@@ -152,8 +142,8 @@ class _GradNorm(Callback):
 
 def test_gradient_clipping_bounds_the_norm_the_optimiser_sees(tiny_cache):
     free, clipped = _GradNorm(), _GradNorm()
-    _bounded_learner(tiny_cache, lr=0.01).fit(1, cbs=[free])
-    _bounded_learner(tiny_cache, lr=0.01, grad_clip=1e-3).fit(1, cbs=[clipped])
+    _learner(tiny_cache, optim=OptimSection(lr=0.01)).fit(1, cbs=[free])
+    _learner(tiny_cache, optim=OptimSection(lr=0.01, grad_clip=1e-3)).fit(1, cbs=[clipped])
     assert max(free.norms) > 1e-3  # without the clip the norm is above it ...
     assert all(n <= 1e-3 * 1.0001 for n in clipped.norms)  # ... with it, never
 

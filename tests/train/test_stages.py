@@ -222,14 +222,7 @@ def test_a_first_network_with_nothing_to_train_is_only_frozen(tiny_cache, case):
 
 
 def test_a_plain_twopath_network_is_left_alone(tiny_cache):
-    torch.manual_seed(0)
-    model = create_model("twopath", dropout=0.0)
-    ids = tiny_cache.case_ids
-    dls = patch_dataloaders(
-        tiny_cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=4,
-        valid_patches=2,
-    )  # fmt: skip
-    learn = braver_learner(dls, model, optim=OPTIM, tile_mode=True, progress=False)
+    learn, model = _twopath_learner(tiny_cache, train_patches=4)
     callback = CascadeFirst(1, 1)
     learn.fit(1, cbs=callback)
     assert not callback.done and not callback.skipped
@@ -261,14 +254,7 @@ def test_the_output_layer_of_a_cascade_or_a_wrapped_model_gets_the_prior_shift()
 
 def test_paper_schedule_alone_counts_from_the_fit_and_applies_the_rate_scale(tiny_cache):
     """Without DualStage (no stage start, no stage rate); a rollback's rate scale multiplies."""
-    torch.manual_seed(0)
-    model = create_model("twopath", dropout=0.0)
-    ids = tiny_cache.case_ids
-    dls = patch_dataloaders(
-        tiny_cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=2,
-        valid_patches=2,
-    )  # fmt: skip
-    learn = braver_learner(dls, model, optim=OPTIM, tile_mode=True, progress=False)
+    learn, model = _twopath_learner(tiny_cache)
     learn.lr_scale = 0.5
     seen = []
 
@@ -331,12 +317,12 @@ def test_a_one_epoch_ramp_reaches_its_end_value_after_one_epoch():
     assert [paper_momentum(optim, e) for e in (0, 1, 2)] == pytest.approx([0.5, 0.9, 0.9])
 
 
-def _twopath_learner(cache):
+def _twopath_learner(cache, train_patches=2):
     torch.manual_seed(0)
     model = create_model("twopath", dropout=0.0)
     ids = cache.case_ids
     dls = patch_dataloaders(
-        cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=2,
+        cache, ids[:3], ids[3:], model.input_sizes, tile=4, bs=2, train_patches=train_patches,
         valid_patches=2,
     )  # fmt: skip
     return braver_learner(dls, model, optim=OPTIM, tile_mode=True, progress=False), model

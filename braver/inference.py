@@ -345,13 +345,31 @@ def score_cached_case(
             case.folder,
             "evaluate on labelled cases",
         )
-    meta = case.meta
     probs = predict_volume(
         model, case.image, device=device, batch_size=batch_size, tta=tta, progress=progress
     )
+    return score_classes(case, probs.argmax(axis=0).astype(np.uint8), scheme, postprocess)
+
+
+def score_classes(
+    case: CachedCase,
+    classes: np.ndarray,
+    scheme: LabelScheme,
+    postprocess: PostprocessArgument = None,
+) -> ScoredCase:
+    """Score a predicted class map of a cached case (the argmax of ``predict_volume``, before
+    post-processing) as ``score_cached_case`` does: post-processed with ``postprocess`` over
+    the scheme's defaults, on the cropped canonical grid."""
+    if not case.has_label:
+        raise BraverError(
+            f"case {case.case_id!r} has no label to score against",
+            case.folder,
+            "evaluate on labelled cases",
+        )
+    meta = case.meta
     spacing = tuple(float(s) for s in meta["spacing_zyx"])
     options = resolve_options(scheme, postprocess)
-    classes = _postprocess(probs.argmax(axis=0).astype(np.uint8), scheme, options, spacing)
+    classes = _postprocess(np.asarray(classes, dtype=np.uint8), scheme, options, spacing)
     truth = np.asarray(case.label)
     # the whole file's diagonal in mm: its own grid and spacing (before any resampling)
     worst = worst_hd95_mm(
@@ -379,25 +397,32 @@ def evaluate_cached_cases(
     tta: bool = False,
     postprocess: PostprocessArgument = None,
     on_case: Callable[[ScoredCase], None] | None = None,
+    maps: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """Whole-volume dense prediction of cached cases, one row of region scores per case.
 
     ``postprocess``: options (``braver.postprocess``) over the scheme's defaults.
     Rows are ``{"case": id, "<region>_dice": …, …}`` (see ``braver.metrics.region_scores``);
     ``on_case`` is called with each ``ScoredCase`` (e.g. to draw an overlay or advance a bar).
+    ``maps``: class maps this model already predicted (``{case_id: argmax}``, before
+    post-processing); those cases are scored without predicting them again.
     """
     scheme = cache.scheme
+    maps = maps or {}
     rows = []
     for case_id in case_ids:
-        scored = score_cached_case(
-            model,
-            cache.case(case_id),
-            scheme,
-            device=device,
-            batch_size=batch_size,
-            tta=tta,
-            postprocess=postprocess,
-        )
+        if case_id in maps:
+            scored = score_classes(cache.case(case_id), maps[case_id], scheme, postprocess)
+        else:
+            scored = score_cached_case(
+                model,
+                cache.case(case_id),
+                scheme,
+                device=device,
+                batch_size=batch_size,
+                tta=tta,
+                postprocess=postprocess,
+            )
         rows.append(scored.row)
         if on_case is not None:
             on_case(scored)
@@ -412,16 +437,27 @@ def class_maps(
     *,
     batch_size: int | None = None,
     tta: bool = False,
+    maps: Mapping[str, np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
     """``(predicted classes, true classes, spacing_zyx)`` of cached labelled cases, before any
-    post-processing: what ``braver.postprocess.choose_options`` chooses values on."""
-    maps = []
+    post-processing: what ``braver.postprocess.choose_options`` chooses values on.
+
+    ``maps``: class maps already predicted (``{case_id: argmax}``), used instead of predicting.
+    """
+    known = maps or {}
+    out = []
     for case_id in case_ids:
         case = cache.case(case_id)
-        probs = predict_volume(model, case.image, device=device, batch_size=batch_size, tta=tta)
+        if case_id in known:
+            classes = np.asarray(known[case_id], dtype=np.uint8)
+        else:
+            probs = predict_volume(
+                model, case.image, device=device, batch_size=batch_size, tta=tta
+            )
+            classes = probs.argmax(axis=0).astype(np.uint8)
         spacing = tuple(float(s) for s in case.meta["spacing_zyx"])
-        maps.append((probs.argmax(axis=0).astype(np.uint8), np.asarray(case.label), spacing))
-    return maps
+        out.append((classes, np.asarray(case.label), spacing))
+    return out
 
 
 def canonical_zyx(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:

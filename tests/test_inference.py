@@ -1,3 +1,5 @@
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -442,3 +444,82 @@ def test_nothing_outside_the_foreground_box_is_run(rng):
     full = predict_volume(model, image, batch_size=3, crop_to_foreground=False)
     for side in (full[0][:, 2], full[0][:, 19], full[0][:, :, 1], full[0][:, :, 16]):
         assert (side != 1).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_tensors_of_other_dtypes_are_cast_to_float32(dtype, rng):
+    """A half or double tensor is predicted as its float32 values (the network is float32)."""
+    torch.manual_seed(0)
+    model = create_model("twopath", in_channels=4, num_classes=4, init_range=0.1)
+    image = torch.from_numpy(random_image(rng)).to(dtype)
+    probs = predict_volume(model, image, batch_size=3)
+    expected = predict_volume(model, image.float().numpy(), batch_size=3)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def write_liver_case(root, slice_mm):
+    """An MSD liver case, 10 × 10 voxels of 1 mm in plane, 4 slices of ``slice_mm`` (HU: body
+    everywhere but a 1-voxel rim of air; the label is background)."""
+    from tests.data.fixture_layouts import save
+
+    task = root / "Task03_Liver"
+    hu = np.full((10, 10, 4), -1000, np.int16)
+    hu[1:9, 1:9, :] = 50
+    affine = np.diag([1.0, 1.0, slice_mm, 1.0])
+    save(task / "imagesTr" / "liver_7.nii.gz", hu, affine)
+    save(task / "labelsTr" / "liver_7.nii.gz", np.zeros(hu.shape, np.uint8), affine)
+    spec = {"name": "Liver", "modality": {"0": "CT"}, "training": []}
+    spec["labels"] = {"0": "background", "1": "liver", "2": "cancer"}
+    (task / "dataset.json").write_text(json.dumps(spec))
+    return task
+
+
+def test_predict_case_post_processes_liver_with_the_cases_spacing(tmp_path, monkeypatch):
+    """Tumour one slice (5 mm) off the liver is outside a 2 mm margin, inside a 6 mm one; on a
+    grid taken as 1 mm it would be kept by both."""
+    import braver.inference as inference
+    from braver.postprocess import PostprocessOptions
+
+    def liver_then_tumour(model, image, **kwargs):
+        probs = np.zeros((3, *image.shape[1:]), np.float32)
+        probs[0] = 1
+        probs[:, 1, 2:6, 2:6] = np.array([0, 1, 0])[:, None, None]  # liver, slice 1
+        probs[:, 2, 3, 3] = [0, 0, 1]  # tumour on slice 2, over the liver
+        return probs
+
+    monkeypatch.setattr(inference, "predict_volume", liver_then_tumour)
+    (case,) = discover(write_liver_case(tmp_path, slice_mm=5.0)).cases
+    model = create_model("twopath", in_channels=1, num_classes=3)
+    info = RunInfo("liver", model.config, LIVER.to_json(), list(case.channels))
+    info.prepare = PrepareSettings().to_dict()
+
+    def tumour(margin_mm):
+        options = PostprocessOptions(inside_organ_dilation_mm=margin_mm)
+        result = predict_case(model, info, case, postprocess=options)
+        assert tuple(result.prepared.meta["spacing_zyx"]) == (5.0, 1.0, 1.0)
+        return int((result.classes_zyx == 2).sum())
+
+    assert tumour(2.0) == 0
+    assert tumour(6.0) == 1
+
+
+def test_an_unlabelled_case_of_another_scheme_gets_the_runs_label_values(tmp_path, rng):
+    """An MSD-brain case (enhancing = 3) predicted by a BraTS 2021 run (enhancing = 4) is
+    written with the run's values: the class map is the run's."""
+    import dataclasses
+
+    from braver.data.labels import MSD_BRAIN
+
+    write_case(tmp_path / "data", rng, label=False)
+    (case,) = discover(tmp_path / "data").cases
+    case = dataclasses.replace(case, scheme=MSD_BRAIN)
+    model = create_model(
+        "twopath", in_channels=4, num_classes=4, class_frequencies=[0.001, 0.001, 0.001, 0.997]
+    )
+    _, info = edema_run()
+    info.prepare = PrepareSettings(n4=False).to_dict()
+    result = predict_case(model, info, case, postprocess={"min_component_voxels": 0})
+    expected = np.zeros(FILE_SHAPE, np.uint8)
+    expected[FOREGROUND] = 4
+    assert (result.segmentation == expected).all()

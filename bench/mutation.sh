@@ -52,6 +52,20 @@ pytest_add_cli_args = ["-m", "not slow and not gpu", "-p", "no:cacheprovider", "
 # the words of messages (warnings, errors, console lines) are not wiring: not mutated
 do_not_mutate_patterns = ['warnings\.warn\(', 'raise BraverError\(', '_say\(', 'console\.print\(', 'logger\.']
 TOML
+# fastest tests first (mutmut runs them with -x, from mutants/, where its stats file holds each
+# test's duration): a mutant that a quick test kills does not wait for the slow ones first
+cat >> tests/conftest.py <<'PY'
+
+
+def pytest_collection_modifyitems(items):  # added by bench/mutation.sh, in its copy only
+    import json
+    from pathlib import Path
+
+    stats = Path("mutmut-stats.json")
+    if stats.exists():
+        durations = json.loads(stats.read_text()).get("duration_by_test", {})
+        items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
+PY
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 BRAVER_MUTATION=1
 started=$(date +%s)
 # shellcheck disable=SC2086  # NAMES: several patterns, split on purpose (no file globbing)

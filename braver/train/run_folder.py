@@ -124,9 +124,10 @@ def _run_callbacks(
 
 def _finish(
     folder, model, cache, valid_cases, history_rows, device, evaluate, console, info,
-    postprocess=None,
+    postprocess=None, maps=None,
 ):  # fmt: skip
-    """learning_curves.png and metrics.json (whole-volume Dice on the validation cases)."""
+    """learning_curves.png and metrics.json (whole-volume Dice on the validation cases).
+    ``maps``: class maps the final weights already predicted (scored, not predicted again)."""
     from braver.report import plot_learning_curves
 
     if history_rows:
@@ -143,7 +144,7 @@ def _finish(
         _say(console, f"[bold]Evaluating[/] whole volumes of {len(valid_cases)} validation cases")
         start = time.time()
         rows = evaluate_cached_cases(
-            model.eval(), cache, valid_cases, device, postprocess=postprocess
+            model.eval(), cache, valid_cases, device, postprocess=postprocess, maps=maps
         )
         summary = summarize(rows)
         metrics.update({k: v["mean"] for k, v in summary.items()})

@@ -241,6 +241,7 @@ def train_from_recipe(
     info.extra["kept_epochs"] = {**info.extra.get("kept_epochs", {}), **getattr(learn, "kept", {})}
     if first is not None and getattr(learn, "first_learner", None) is not None:
         info.extra["kept_epochs"].update(getattr(learn.first_learner, "kept", {}))
+    maps: dict = {}  # class maps of validation cases predicted with the final weights
     if recipe.select.by == "volume" and valid_cases and evaluate:
         from braver.train.selection import select_weights
 
@@ -249,13 +250,16 @@ def train_from_recipe(
         selection = select_weights(
             model, learn, cache, chosen, device=device, tempered=recipe.select.tempered
         )
-        info.extra["selection"] = selection
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in selection["mean_dice"].items())
-        _say(console, f"  kept [bold]{selection['kept']}[/] (mean Dice {scores})")
+        info.extra["selection"] = selection.to_dict()
+        maps = selection.maps  # the kept weights' class maps: not predicted again below
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in selection.mean_dice.items())
+        _say(console, f"  kept [bold]{selection.kept}[/] (mean Dice {scores})")
         model.train()
     postprocess = None
     if recipe.postprocess and valid_cases and evaluate:
-        postprocess = _choose_postprocess(recipe, model, cache, valid_cases, device, console)
+        postprocess = _choose_postprocess(
+            recipe, model, cache, valid_cases, device, console, maps=maps
+        )
         info.extra["postprocess"] = postprocess.to_dict()
     rollbacks = getattr(learn, "rollbacks", [])
     if rollbacks or diverged:
@@ -266,7 +270,7 @@ def train_from_recipe(
         save_weights(folder, model)
         _finish(
             folder, model, cache, valid_cases, history_rows, device, evaluate, console, info,
-            postprocess=postprocess,
+            postprocess=postprocess, maps=maps,
         )  # fmt: skip
         state["done"] = True
         state["diverged"] = diverged
@@ -280,15 +284,22 @@ def train_from_recipe(
     return folder
 
 
-def _choose_postprocess(recipe, model, cache, valid_cases, device, console):
+def _choose_postprocess(recipe, model, cache, valid_cases, device, console, maps=None):
     """The recipe's ``[postprocess]`` for this run: ``"auto"`` keys chosen on the validation
-    volumes (``braver.postprocess.recipe_options``)."""
+    volumes (``braver.postprocess.recipe_options``). ``maps``: class maps of the final weights
+    already predicted; the cases it lacks are predicted and added to it."""
     from braver.inference import class_maps
     from braver.postprocess import AUTO, describe, recipe_options
+    from braver.train.selection import MAPS_BUDGET_BYTES
 
     auto = any(value == AUTO for value in recipe.postprocess.values())
-    maps = class_maps(model.eval(), cache, valid_cases, device) if auto else []
-    options, _ = recipe_options(recipe.postprocess, maps, cache.scheme, where=recipe.source)
+    found = class_maps(model.eval(), cache, valid_cases, device, maps=maps) if auto else []
+    small = sum(classes.nbytes for classes, _, _ in found) <= MAPS_BUDGET_BYTES
+    if found and maps is not None and small:
+        maps.update(
+            {case: classes for case, (classes, _, _) in zip(valid_cases, found, strict=True)}
+        )
+    options, _ = recipe_options(recipe.postprocess, found, cache.scheme, where=recipe.source)
     model.train()
     _say(console, f"[bold]Post-processing[/] {describe(options)}")
     return options

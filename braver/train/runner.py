@@ -10,7 +10,10 @@ The runner is a composition of the library's pieces, not a second implementation
 - ``train_from_recipe``: the above, plus the run folder's callbacks (``History``,
   ``Checkpoint``) and its files — run.json and recipe.toml at the start, history.csv and a
   checkpoint after every epoch, model.safetensors, learning_curves.png and metrics.json at the
-  end. ``resume=RUN`` continues an interrupted run from its last finished epoch.
+  end. ``resume=RUN`` continues an interrupted run from its last finished epoch. Its steps
+  are functions of their own, each tested alone: ``new_start`` / ``resumed_start``,
+  ``class_frequencies``, ``starting_model``, ``new_run_info``, ``freeze_groups``,
+  ``record_fit``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +87,7 @@ def train_from_recipe(
     network is not trained alone when that leaves it nothing to train.
     ``run_extra`` is merged into run.json's ``extra``; ``callbacks`` join every fit.
     """
-    from braver.data.sampling import PatchSampler, split_cases
-    from braver.models.naming import parameter_count
-    from braver.train.callbacks import group_parameters, read_history
+    from braver.train.callbacks import read_history
 
     dist = Distributed.current()
     console = console if dist.main else None
@@ -98,90 +100,44 @@ def train_from_recipe(
 
         require_wandb()  # before anything is written: a missing package is one clear error
 
-    state: dict[str, Any] = {"finished": [], "fit": None, "epochs_done": 0}
     if resume is not None:
-        folder = Path(resume)
-        info = load_run_info(folder)
-        recipe = load_recipe(folder / "recipe.toml")
-        if (folder / PROGRESS).exists():
-            state = {**state, **json.loads((folder / PROGRESS).read_text())}
-        if state.get("done"):
-            raise BraverError(
-                "this run has already finished", folder, "start a new run without --resume"
-            )
-        cache = Cache.open(info.cache)
-        train_cases = list(info.extra["train_cases"])
-        valid_cases = list(info.validation_cases)
-        transfer = info.extra.get("transfer", {})  # a transfer setup keeps its frozen groups
-        freeze = freeze or transfer.get("freeze", ())
-        keep_trainable = keep_trainable or transfer.get("kept_trainable", ())
-        _say(console, f"[bold]Resuming[/] {folder} after {_where(state)}")
+        start = resumed_start(resume, freeze, keep_trainable)
+        _say(console, f"[bold]Resuming[/] {start.folder} after {_where(start.state)}")
     else:
-        if cache is None:
-            raise BraverError("no cache to train on", None, "pass --data or use the phantoms")
-        cache = cache if isinstance(cache, Cache) else Cache.open(cache)
-        labelled = [c for c in cache.case_ids if cache.case(c).has_label]
-        if len(labelled) < 1:
-            raise BraverError("has no labelled case to train on", cache.root, "prepare labels")
-        train_cases, valid_cases = split_cases(
-            labelled,
-            recipe.data.validation_fraction,
-            recipe.data.seed,
-            recipe.data.min_validation_cases,
-        )
-        folder = None
+        start = new_start(recipe, cache, freeze, keep_trainable)
+    recipe, cache, state = start.recipe, start.cache, start.state
+    train_cases, valid_cases = start.train_cases, start.valid_cases
 
     torch.manual_seed(recipe.data.seed)
-    totals = PatchSampler.from_cache(cache, train_cases).class_totals.astype(np.float64)
-    # a class absent from the training cases gets a small floor, so its log prior is finite
-    totals = np.maximum(totals, 1e-4 * totals.sum())
-    frequencies = (totals / totals.sum()).tolist()
-    if model is not None and not isinstance(model, torch.nn.Module):
-        model = model(frequencies if recipe.model.bias_from_frequencies else None)
-    if model is None:
-        model = recipe_model(recipe, cache, frequencies)
-    if resume is not None and (folder / CHECKPOINT).exists():
-        from safetensors.torch import load_file
+    frequencies = class_frequencies(cache, train_cases)
+    checkpoint = start.folder / CHECKPOINT if start.folder is not None else None
+    model = starting_model(recipe, cache, frequencies, model, checkpoint)
 
-        model.load_state_dict(load_file(str(folder / CHECKPOINT)))
-
+    folder, info = start.folder, start.info
     if folder is None:
         folder = _new_run(out, recipe, dist)
-        info = RunInfo(
-            kind=recipe.kind,
-            model=model.config,
-            label_scheme=cache.scheme.to_json(),
-            channels=cache.channels,
-            cache=str(cache.root),
-            data=str(data) if data is not None else None,
-            validation_cases=valid_cases,
-            prepare=dict(cache.summary.get("settings", {})),
-            extra={"recipe": recipe.name, "train_cases": train_cases, "device": device},
-        )
-        info.extra.update(run_extra or {})
+        info = new_run_info(
+            recipe, model, cache, train_cases, valid_cases, data=data, device=device,
+            run_extra=run_extra,
+        )  # fmt: skip
         if dist.main:
             write_text(folder / "recipe.toml", recipe.to_toml())
             save_run_info(folder, info)
         _say(console, f"[bold]Run folder[/] {folder}")
         _say(console, f"Watch it live: [bold]braver dashboard {folder.parent}[/]")
-    mode = recipe.data.mode + (f" (k = {recipe.data.tile})" if recipe.data.mode == "tile" else "")
-    _say(
-        console,
-        f"[bold]Model[/] {recipe.model.name} ({parameter_count(model):,} parameters, inputs "
-        f"{'+'.join(str(s) for s in model.input_sizes)}), {len(train_cases)} training / "
-        f"{len(valid_cases)} validation cases, {mode} mode, device {device}",
-    )
+    _announce_model(recipe, model, train_cases, valid_cases, device, console)
 
     dls = recipe_dataloaders(
-        recipe, cache, train_cases, valid_cases, model.input_sizes, device=device, dist=dist
+        recipe,
+        cache,
+        train_cases,
+        valid_cases,
+        model.input_sizes,
+        device=device,
+        dist=dist,
     )
     _announce_flips(recipe, model, console)
-    kept = set(keep_trainable)
-    if freeze:
-        params = dict(model.named_parameters())
-        for name in group_parameters(model, freeze):
-            if name not in kept:
-                params[name].requires_grad_(False)
+    freeze_groups(model, start.freeze, start.keep_trainable)
     learn = recipe_learner(recipe, dls, model, path=folder, progress=False)
     learn.rank = dist.rank
     if device.startswith("cuda"):
@@ -207,7 +163,11 @@ def train_from_recipe(
         if "main" not in state["finished"]:
             learn.fit(
                 max(remaining, 0),
-                cbs=[*fit_callbacks, Checkpoint(folder, model, state, "main"), *run_callbacks],
+                cbs=[
+                    *fit_callbacks,
+                    Checkpoint(folder, model, state, "main"),
+                    *run_callbacks,
+                ],
             )
     except BaseException:
         if tracker is not None:
@@ -217,14 +177,20 @@ def train_from_recipe(
         if progress_bar is not None:
             progress_bar.close()
     if first is not None and first.skipped:
-        _say(console, "[bold cyan]first[/]: not trained alone (the first network is frozen)")
+        _say(
+            console,
+            "[bold cyan]first[/]: not trained alone (the first network is frozen)",
+        )
 
     model = learn.network
     model.requires_grad_(True)
     diverged = bool(getattr(learn, "diverged", False))
     if diverged:
-        _say(console, "[yellow]training diverged[/]: kept the best epoch's weights (see history)")
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        _say(
+            console,
+            "[yellow]training diverged[/]: kept the best epoch's weights (see history)",
+        )
+    if not weights_finite(model):
         state["diverged"] = True
         if dist.main:
             write_json(folder / PROGRESS, state)
@@ -235,26 +201,10 @@ def train_from_recipe(
             folder,
             f"lower the learning rate, e.g. --set optim.lr={recipe.optim.lr / 5:g}",
         )
-    seconds = round(time.time() - started, 1)
-    info.extra["trainable_parameters"] = trainable_log
-    info.extra["train_seconds"] = seconds + float(info.extra.get("train_seconds", 0.0))
-    info.extra["kept_epochs"] = {**info.extra.get("kept_epochs", {}), **getattr(learn, "kept", {})}
-    if first is not None and getattr(learn, "first_learner", None) is not None:
-        info.extra["kept_epochs"].update(getattr(learn.first_learner, "kept", {}))
+    record_fit(info, learn, first, round(time.time() - started, 1), trainable_log)
     maps: dict = {}  # class maps of validation cases predicted with the final weights
     if recipe.select.by == "volume" and valid_cases and evaluate:
-        from braver.train.selection import select_weights
-
-        chosen = valid_cases[: recipe.select.cases or None]
-        _say(console, f"[bold]Choosing[/] the weights on {len(chosen)} validation volumes")
-        selection = select_weights(
-            model, learn, cache, chosen, device=device, tempered=recipe.select.tempered
-        )
-        info.extra["selection"] = selection.to_dict()
-        maps = selection.maps  # the kept weights' class maps: not predicted again below
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in selection.mean_dice.items())
-        _say(console, f"  kept [bold]{selection.kept}[/] (mean Dice {scores})")
-        model.train()
+        maps = _select_weights(recipe, model, learn, cache, valid_cases, device, info, console)
     postprocess = None
     if recipe.postprocess and valid_cases and evaluate:
         postprocess = _choose_postprocess(
@@ -282,6 +232,215 @@ def train_from_recipe(
     if tracker is not None:
         tracker.finish(folder, exit_code=1 if diverged else 0)
     return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# the pieces of train_from_recipe, in the order it uses them
+
+
+def _first_state() -> dict[str, Any]:
+    return {"finished": [], "fit": None, "epochs_done": 0}
+
+
+@dataclass
+class Start:
+    """Where a fit starts: the cases of a new run (no folder yet) or an interrupted run's."""
+
+    recipe: Recipe
+    cache: Cache
+    train_cases: list[str]
+    valid_cases: list[str]
+    #: progress.json: fits finished, the fit under way and its epochs done (and more)
+    state: dict[str, Any] = field(default_factory=_first_state)
+    folder: Path | None = None
+    info: RunInfo | None = None
+    freeze: Sequence[str] = ()
+    keep_trainable: Sequence[str] = ()
+
+
+def new_start(
+    recipe: Recipe,
+    cache: str | Path | Cache | None,
+    freeze: Sequence[str] = (),
+    keep_trainable: Sequence[str] = (),
+) -> Start:
+    """A new run on ``cache``: its labelled cases split into training and validation cases by
+    the recipe's seed."""
+    from braver.data.sampling import split_cases
+
+    if cache is None:
+        raise BraverError("no cache to train on", None, "pass --data or use the phantoms")
+    cache = cache if isinstance(cache, Cache) else Cache.open(cache)
+    labelled = [c for c in cache.case_ids if cache.case(c).has_label]
+    if len(labelled) < 1:
+        raise BraverError("has no labelled case to train on", cache.root, "prepare labels")
+    train_cases, valid_cases = split_cases(
+        labelled,
+        recipe.data.validation_fraction,
+        recipe.data.seed,
+        recipe.data.min_validation_cases,
+    )
+    return Start(
+        recipe,
+        cache,
+        train_cases,
+        valid_cases,
+        freeze=freeze,
+        keep_trainable=keep_trainable,
+    )
+
+
+def resumed_start(
+    folder: str | Path, freeze: Sequence[str] = (), keep_trainable: Sequence[str] = ()
+) -> Start:
+    """An interrupted run: its own recipe, cache, cases and progress; a transfer setup's frozen
+    groups unless others are given."""
+    folder = Path(folder)
+    info = load_run_info(folder)
+    recipe = load_recipe(folder / "recipe.toml")
+    state = _first_state()
+    if (folder / PROGRESS).exists():
+        state.update(json.loads((folder / PROGRESS).read_text()))
+    if state.get("done"):
+        raise BraverError(
+            "this run has already finished", folder, "start a new run without --resume"
+        )
+    transfer = info.extra.get("transfer", {})  # a transfer setup keeps its frozen groups
+    return Start(
+        recipe,
+        Cache.open(info.cache),
+        list(info.extra["train_cases"]),
+        list(info.validation_cases),
+        state,
+        folder,
+        info,
+        freeze or transfer.get("freeze", ()),
+        keep_trainable or transfer.get("kept_trainable", ()),
+    )
+
+
+def class_frequencies(cache: Cache, train_cases: Sequence[str]) -> list[float]:
+    """Each class's share of the training cases' foreground voxels; a class absent from them
+    gets a small floor (1e-4 of the total), so its log prior is finite."""
+    from braver.data.sampling import PatchSampler
+
+    totals = PatchSampler.from_cache(cache, train_cases).class_totals.astype(np.float64)
+    totals = np.maximum(totals, 1e-4 * totals.sum())
+    return (totals / totals.sum()).tolist()
+
+
+def starting_model(
+    recipe: Recipe,
+    cache: Cache,
+    frequencies: list[float],
+    model: torch.nn.Module | Any = None,
+    checkpoint: Path | None = None,
+) -> torch.nn.Module:
+    """The network a fit starts from: ``model`` (a module, or a function of the class
+    frequencies, given None when the recipe does not set biases from them), else the
+    recipe's; with the weights of ``checkpoint`` when that file exists."""
+    if model is not None and not isinstance(model, torch.nn.Module):
+        model = model(frequencies if recipe.model.bias_from_frequencies else None)
+    if model is None:
+        model = recipe_model(recipe, cache, frequencies)
+    if checkpoint is not None and checkpoint.exists():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(checkpoint)))
+    return model
+
+
+def new_run_info(
+    recipe: Recipe,
+    model: torch.nn.Module,
+    cache: Cache,
+    train_cases: Sequence[str],
+    valid_cases: Sequence[str],
+    *,
+    data: str | Path | None = None,
+    device: str = "cpu",
+    run_extra: dict[str, Any] | None = None,
+) -> RunInfo:
+    """run.json of a new run: what it trains, on which cases of which cache, prepared how."""
+    info = RunInfo(
+        kind=recipe.kind,
+        model=model.config,
+        label_scheme=cache.scheme.to_json(),
+        channels=cache.channels,
+        cache=str(cache.root),
+        data=str(data) if data is not None else None,
+        validation_cases=list(valid_cases),
+        prepare=dict(cache.summary.get("settings", {})),
+        extra={
+            "recipe": recipe.name,
+            "train_cases": list(train_cases),
+            "device": device,
+        },
+    )
+    info.extra.update(run_extra or {})
+    return info
+
+
+def freeze_groups(
+    model: torch.nn.Module, freeze: Sequence[str], keep_trainable: Sequence[str] = ()
+) -> None:
+    """Stop the gradients of the named groups' parameters (``braver.models.naming``), except
+    the parameters named in ``keep_trainable``."""
+    from braver.train.callbacks import group_parameters
+
+    if not freeze:
+        return
+    kept = set(keep_trainable)
+    params = dict(model.named_parameters())
+    for name in group_parameters(model, freeze):
+        if name not in kept:
+            params[name].requires_grad_(False)
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def record_fit(info: RunInfo, learn, first, seconds: float, trainable_log: dict) -> None:
+    """run.json's account of a finished fit: trainable parameters per stage, training time
+    (added to a resumed run's), and the epochs whose weights each fit kept."""
+    info.extra["trainable_parameters"] = trainable_log
+    info.extra["train_seconds"] = seconds + float(info.extra.get("train_seconds", 0.0))
+    info.extra["kept_epochs"] = {
+        **info.extra.get("kept_epochs", {}),
+        **getattr(learn, "kept", {}),
+    }
+    if first is not None and getattr(learn, "first_learner", None) is not None:
+        info.extra["kept_epochs"].update(getattr(learn.first_learner, "kept", {}))
+
+
+def _announce_model(recipe, model, train_cases, valid_cases, device, console) -> None:
+    from braver.models.naming import parameter_count
+
+    mode = recipe.data.mode + (f" (k = {recipe.data.tile})" if recipe.data.mode == "tile" else "")
+    _say(
+        console,
+        f"[bold]Model[/] {recipe.model.name} ({parameter_count(model):,} parameters, inputs "
+        f"{'+'.join(str(s) for s in model.input_sizes)}), {len(train_cases)} training / "
+        f"{len(valid_cases)} validation cases, {mode} mode, device {device}",
+    )
+
+
+def _select_weights(recipe, model, learn, cache, valid_cases, device, info, console) -> dict:
+    """The weights kept, chosen on whole validation volumes (``select.by = "volume"``); returns
+    the kept weights' class maps."""
+    from braver.train.selection import select_weights
+
+    chosen = valid_cases[: recipe.select.cases or None]
+    _say(console, f"[bold]Choosing[/] the weights on {len(chosen)} validation volumes")
+    selection = select_weights(
+        model, learn, cache, chosen, device=device, tempered=recipe.select.tempered
+    )
+    info.extra["selection"] = selection.to_dict()
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in selection.mean_dice.items())
+    _say(console, f"  kept [bold]{selection.kept}[/] (mean Dice {scores})")
+    model.train()
+    return selection.maps  # the kept weights' class maps: not predicted again
 
 
 def _choose_postprocess(recipe, model, cache, valid_cases, device, console, maps=None):

@@ -1,0 +1,271 @@
+"""The runner's pieces, each on its own (no fit: fast), in the order train_from_recipe uses them."""
+
+import io
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import save_file
+
+from braver.data.cache import Cache, write_case, write_summary
+from braver.data.labels import BRATS_2021
+from braver.data.sampling import split_cases
+from braver.errors import BraverError
+from braver.models import create_model
+from braver.recipe import load_recipe, shipped_recipe
+from braver.runs import RunInfo, save_run_info
+from braver.train import runner
+
+
+def brain(*overrides):
+    return load_recipe(shipped_recipe("brain"), ["model.dropout=0.0", *overrides])
+
+
+def write_cache(root, labels, unlabelled=0):
+    """One case per (Z, Y, X) label array, the image non-zero (4 channels) on a 6 × 6 box;
+    then ``unlabelled`` cases without a label."""
+    ids = []
+    for n, label in enumerate([*labels, *[None] * unlabelled]):
+        image = np.zeros((4, 2, 10, 10), np.float32)
+        image[:, :, 2:8, 2:8] = 1.0
+        case_id = f"c{n}"
+        write_case(root, case_id, image, label, {"case_id": case_id, "spacing_zyx": [1, 1, 1]})
+        ids.append(case_id)
+    write_summary(
+        root,
+        {
+            "label_scheme": BRATS_2021.to_json(),
+            "channels": ["t1", "t1c", "t2", "flair"],
+            "cases": ids,
+            "settings": {"clip_percentiles": [2.0, 98.0]},
+        },
+    )
+    return Cache.open(root)
+
+
+def label_with(counts):
+    """A (2, 10, 10) label with ``counts[k]`` voxels of class k inside the 6 × 6 box."""
+    label = np.zeros((2, 10, 10), np.uint8)
+    box = label[:, 2:8, 2:8].reshape(-1)
+    at = 0
+    for k, count in counts.items():
+        box[at : at + count] = k
+        at += count
+    label[:, 2:8, 2:8] = box.reshape(2, 6, 6)
+    return label
+
+
+def test_a_new_start_splits_the_labelled_cases_by_the_recipes_seed(tmp_path):
+    cache = write_cache(tmp_path / "cache", [label_with({1: 3})] * 5, unlabelled=2)
+    labelled = ["c0", "c1", "c2", "c3", "c4"]
+    recipe = brain("data.validation_fraction=0.4", "data.seed=3")
+    start = runner.new_start(recipe, cache.root, ["local"], ["local.conv1.bias"])
+    assert isinstance(start.cache, Cache) and start.cache.root == cache.root
+    assert (start.train_cases, start.valid_cases) == split_cases(labelled, 0.4, 3, 1)
+    assert len(start.valid_cases) == 2 and sorted(start.train_cases + start.valid_cases) == labelled
+    other = runner.new_start(brain("data.validation_fraction=0.4", "data.seed=5"), cache)
+    assert other.valid_cases != start.valid_cases  # the seed chooses
+    at_least = runner.new_start(
+        brain("data.validation_fraction=0.01", "data.min_validation_cases=2"), cache
+    )
+    assert len(at_least.valid_cases) == 2
+    assert start.state == {"finished": [], "fit": None, "epochs_done": 0}
+    assert start.state is not other.state  # each start its own progress
+    assert (start.folder, start.info, start.recipe) == (None, None, recipe)
+    assert (start.freeze, start.keep_trainable) == (["local"], ["local.conv1.bias"])
+
+
+def test_a_new_start_needs_a_cache_with_a_labelled_case(tmp_path):
+    with pytest.raises(BraverError, match="no cache to train on; pass --data"):
+        runner.new_start(brain(), None)
+    cache = write_cache(tmp_path / "cache", [], unlabelled=1)
+    with pytest.raises(BraverError, match="has no labelled case"):
+        runner.new_start(brain(), cache)
+    one = write_cache(tmp_path / "one", [label_with({1: 1})])
+    assert runner.new_start(brain(), one).train_cases == ["c0"]  # one case: all training
+
+
+def write_interrupted_run(folder, cache, progress=None, transfer=None):
+    recipe = brain("stage1.epochs=7")
+    model = create_model("twopath", in_channels=4, num_classes=4)
+    info = RunInfo(
+        kind="brain",
+        model=model.config,
+        label_scheme=BRATS_2021.to_json(),
+        channels=cache.channels,
+        cache=str(cache.root),
+        validation_cases=["c2"],
+        extra={"train_cases": ["c1", "c0"], **({"transfer": transfer} if transfer else {})},
+    )
+    folder.mkdir()
+    save_run_info(folder, info)
+    (folder / "recipe.toml").write_text(recipe.to_toml())
+    if progress is not None:
+        (folder / "progress.json").write_text(json.dumps(progress))
+    return recipe
+
+
+def test_a_resumed_start_continues_the_run_folders_cases_recipe_and_progress(tmp_path):
+    cache = write_cache(tmp_path / "cache", [label_with({1: 3})] * 3)
+    progress = {"finished": ["first"], "fit": "main", "epochs_done": 2, "stage": "stage1"}
+    transfer = {"freeze": ["local"], "kept_trainable": ["local.conv1.bias"]}
+    recipe = write_interrupted_run(tmp_path / "run", cache, progress, transfer)
+    start = runner.resumed_start(str(tmp_path / "run"))
+    assert start.folder == tmp_path / "run" and start.info.cache == str(cache.root)
+    assert start.recipe.stage1.epochs == 7 and start.recipe.to_toml() == recipe.to_toml()
+    assert start.cache.root == cache.root
+    assert (start.train_cases, start.valid_cases) == (["c1", "c0"], ["c2"])
+    assert start.state == progress
+    # a transfer setup's groups, unless others are given
+    assert (start.freeze, start.keep_trainable) == (["local"], ["local.conv1.bias"])
+    given = runner.resumed_start(tmp_path / "run", ["global"], ["global.conv1.bias"])
+    assert (given.freeze, given.keep_trainable) == (["global"], ["global.conv1.bias"])
+
+
+def test_a_resumed_start_without_progress_starts_at_nothing_and_refuses_a_finished_run(tmp_path):
+    cache = write_cache(tmp_path / "cache", [label_with({1: 3})] * 3)
+    write_interrupted_run(tmp_path / "fresh", cache)
+    start = runner.resumed_start(tmp_path / "fresh")
+    assert start.state == {"finished": [], "fit": None, "epochs_done": 0}
+    assert (start.freeze, start.keep_trainable) == ((), ())
+    write_interrupted_run(tmp_path / "done", cache, {"finished": ["main"], "done": True})
+    with pytest.raises(BraverError, match="already finished; start a new run without --resume"):
+        runner.resumed_start(tmp_path / "done")
+    assert runner.resumed_start(tmp_path / "fresh").state["finished"] == []
+
+
+def test_class_frequencies_are_the_training_cases_shares_with_a_floor(tmp_path):
+    labels = [label_with({1: 6, 2: 12}), label_with({1: 2, 2: 4}), label_with({3: 40})]
+    cache = write_cache(tmp_path / "cache", labels)
+    # 72 foreground voxels a case; c2 is not a training case here
+    counts = np.array([72 * 2 - 24, 8, 16, 0], float)
+    floor = 1e-4 * counts.sum()
+    expected = np.maximum(counts, floor) / np.maximum(counts, floor).sum()
+    frequencies = runner.class_frequencies(cache, ["c0", "c1"])
+    assert isinstance(frequencies, list) and frequencies[3] > 0
+    np.testing.assert_allclose(frequencies, expected, rtol=1e-12)
+    np.testing.assert_allclose(sum(frequencies), 1.0)
+    np.testing.assert_allclose(
+        runner.class_frequencies(cache, ["c2"]), [32 / 72, 0, 0, 40 / 72], atol=2e-4
+    )
+
+
+def test_the_starting_model_is_the_given_one_or_the_recipes_with_the_checkpoint(tmp_path):
+    cache = write_cache(tmp_path / "cache", [label_with({1: 3})])
+    frequencies = [0.7, 0.1, 0.15, 0.05]
+    given = []
+
+    def build(freqs):
+        given.append(freqs)
+        return create_model("twopath", in_channels=4, num_classes=4)
+
+    runner.starting_model(brain(), cache, frequencies, build)
+    runner.starting_model(brain("model.bias_from_frequencies=false"), cache, frequencies, build)
+    assert given == [frequencies, None]
+    module = create_model("twopath", in_channels=4, num_classes=4)
+    assert runner.starting_model(brain(), cache, frequencies, module) is module
+    torch.manual_seed(0)
+    built = runner.starting_model(brain(), cache, frequencies)
+    torch.manual_seed(0)
+    expected = runner.recipe_model(brain(), cache, frequencies)
+    assert built.config == expected.config
+    for (name, value), reference in zip(
+        built.state_dict().items(), expected.state_dict().values(), strict=True
+    ):
+        assert torch.equal(value, reference), name
+    # with the checkpoint's weights when it exists
+    saved = {k: torch.full_like(v, 0.5) for k, v in expected.state_dict().items()}
+    save_file(saved, str(tmp_path / "checkpoint.safetensors"))
+    loaded = runner.starting_model(
+        brain(), cache, frequencies, None, tmp_path / "checkpoint.safetensors"
+    )
+    assert all((v == 0.5).all() for v in loaded.state_dict().values())
+    missing = runner.starting_model(brain(), cache, frequencies, module, tmp_path / "none")
+    assert missing is module and not (module.state_dict()["local.conv1.bias"] == 0.5).all()
+
+
+def test_a_new_runs_info_records_what_it_trains_on(tmp_path):
+    cache = write_cache(tmp_path / "cache", [label_with({1: 3})] * 3)
+    model = create_model("twopath", in_channels=4, num_classes=4)
+    train, valid = ["c0", "c2"], ["c1"]
+    info = runner.new_run_info(
+        brain(), model, cache, train, valid, data=tmp_path / "data", device="cuda:1",
+        run_extra={"setup": "s", "device": "given"},
+    )  # fmt: skip
+    assert (info.kind, info.model, info.channels) == ("brain", model.config, cache.channels)
+    assert info.label_scheme == BRATS_2021.to_json() and info.cache == str(cache.root)
+    assert info.data == str(tmp_path / "data") and info.validation_cases == ["c1"]
+    assert info.prepare == {"clip_percentiles": [2.0, 98.0]}
+    assert info.extra == {
+        "recipe": brain().name, "train_cases": ["c0", "c2"], "device": "given", "setup": "s",
+    }  # fmt: skip
+    plain = runner.new_run_info(brain(), model, cache, train, valid)
+    assert plain.data is None and plain.extra["device"] == "cpu"
+    assert plain.extra["train_cases"] is not train
+
+
+def test_freeze_groups_stops_the_groups_but_the_kept_parameters():
+    model = create_model("twopath", in_channels=4, num_classes=4)
+    runner.freeze_groups(model, ["local"], ["local.conv1.bias"])
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(name.startswith("local.") for name in frozen)
+    assert "local.conv1.bias" in trainable and "local.conv1.weight" in frozen
+    assert any(name.startswith("global") for name in trainable)
+    untouched = create_model("twopath", in_channels=4, num_classes=4)
+    runner.freeze_groups(untouched, [], ["local.conv1.bias"])
+    assert all(p.requires_grad for p in untouched.parameters())
+
+
+def test_weights_finite():
+    model = create_model("twopath", in_channels=4, num_classes=4)
+    assert runner.weights_finite(model)
+    with torch.no_grad():
+        model.state_dict()["local.conv1.bias"][1] = float("nan")
+    assert not runner.weights_finite(model)
+
+
+def test_record_fit_adds_the_time_and_the_kept_epochs():
+    info = RunInfo("brain", {}, BRATS_2021.to_json(), [], extra={"train_seconds": 10.0})
+    info.extra["kept_epochs"] = {"stage1": 1}
+    learn = SimpleNamespace(kept={"stage2": 3}, first_learner=SimpleNamespace(kept={"first": 0}))
+    log = {"stage1": 100}
+    runner.record_fit(info, learn, object(), 2.5, log)
+    assert info.extra["train_seconds"] == 12.5 and info.extra["trainable_parameters"] is log
+    assert info.extra["kept_epochs"] == {"stage1": 1, "stage2": 3, "first": 0}
+    fresh = RunInfo("brain", {}, BRATS_2021.to_json(), [])
+    runner.record_fit(fresh, learn, None, 2.5, {})  # no cascade: no first network's epochs
+    assert fresh.extra["train_seconds"] == 2.5 and fresh.extra["kept_epochs"] == {"stage2": 3}
+    runner.record_fit(fresh, SimpleNamespace(), object(), 1.0, {})  # nothing kept
+    assert fresh.extra["kept_epochs"] == {"stage2": 3} and fresh.extra["train_seconds"] == 3.5
+
+
+def test_where_a_resumed_run_stands():
+    assert runner._where({}) == "nothing finished"
+    assert runner._where({"finished": ["first"], "fit": "main", "epochs_done": 2}) == (
+        "first finished, 2 epochs of main"
+    )
+    assert runner._where({"finished": ["first", "main"], "fit": None}) == "first, main finished"
+    assert runner._where({"fit": "first"}) == "nothing finished, 0 epochs of first"
+
+
+def test_flips_are_announced_off_only_for_an_even_input_size():
+    def said(recipe, name):
+        out = io.StringIO()
+        model = create_model(name, in_channels=4, num_classes=4)
+        runner._announce_flips(recipe, model, Console(file=out, width=200))
+        return out.getvalue()
+
+    flip = brain("data.flip=true")
+    text = said(flip, "local_cascade")
+    assert "data.flip is off for inputs 33+56" in text and "65" not in text
+    assert said(flip, "twopath") == "" and said(brain("data.flip=false"), "local_cascade") == ""
+
+
+def test_a_single_process_run_folder_is_made_under_out(tmp_path):
+    recipe = brain()
+    folder = runner._new_run(tmp_path / "runs", recipe, SimpleNamespace(world=1, main=True))
+    assert folder.is_dir() and folder.parent == tmp_path / "runs" and recipe.name in folder.name

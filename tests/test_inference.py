@@ -523,3 +523,33 @@ def test_an_unlabelled_case_of_another_scheme_gets_the_runs_label_values(tmp_pat
     expected = np.zeros(FILE_SHAPE, np.uint8)
     expected[FOREGROUND] = 4
     assert (result.segmentation == expected).all()
+
+
+def test_the_cpu_default_runs_the_output_layer_through_ffts_of_the_padded_slice(rng, monkeypatch):
+    """On the CPU the output layer goes through FFTs sized to the padded slice, once a batch;
+    with ``fft=False`` it does not."""
+    import braver.inference as inference
+
+    made = []
+
+    class Spy(SpectralConvolutions):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.calls = 0
+            made.append(self)
+
+        def _convolve(self, *args):
+            self.calls += 1
+            return super()._convolve(*args)
+
+    monkeypatch.setattr(inference, "SpectralConvolutions", Spy)
+    model = create_model("twopath", in_channels=4, num_classes=4, init_range=0.1)
+    image = random_image(rng)  # (4, 3, 22, 19)
+    predict_volume(model, image, batch_size=2)
+    (spy,) = made
+    side = max(model.input_sizes)
+    assert spy.fft_shape == (22 + side - 1, 19 + side - 1) and spy.calls == 2  # two batches
+    predict_volume(model, image, batch_size=2, fft=True)
+    assert len(made) == 2 and made[1].calls == 2
+    predict_volume(model, image, batch_size=2, fft=False)
+    assert len(made) == 2

@@ -269,3 +269,34 @@ def test_a_single_process_run_folder_is_made_under_out(tmp_path):
     recipe = brain()
     folder = runner._new_run(tmp_path / "runs", recipe, SimpleNamespace(world=1, main=True))
     assert folder.is_dir() and folder.parent == tmp_path / "runs" and recipe.name in folder.name
+
+
+def test_post_processing_is_chosen_on_the_validation_maps_known_ones_reused(
+    tiny_cache, monkeypatch
+):
+    from braver.inference import class_maps
+    from braver.postprocess import recipe_options
+    from braver.train import selection
+
+    recipe = brain()  # [postprocess] min_component_voxels = "auto", fill_holes = false
+    torch.manual_seed(0)
+    model = runner.recipe_model(recipe, tiny_cache, [0.1, 0.1, 0.7, 0.1])  # edema
+    valid = ["tiny01", "tiny02"]
+    known = np.zeros(tiny_cache.case("tiny01").label.shape, np.uint8)
+    maps = {"tiny01": known}
+    options = runner._choose_postprocess(recipe, model, tiny_cache, valid, "cpu", None, maps=maps)
+    assert model.training  # back in training mode
+    found = class_maps(model.eval(), tiny_cache, valid, "cpu", maps={"tiny01": known})
+    expected, _ = recipe_options(recipe.postprocess, found, tiny_cache.scheme)
+    assert options == expected and options.fill_holes is False
+    assert maps["tiny01"] is known and sorted(maps) == valid
+    assert (maps["tiny02"] == found[1][0]).all() and (found[1][0] > 0).any()
+    # over the memory budget the maps are not kept; without "auto" nothing is predicted
+    monkeypatch.setattr(selection, "MAPS_BUDGET_BYTES", 0)
+    few = {}
+    runner._choose_postprocess(recipe, model, tiny_cache, valid, "cpu", None, maps=few)
+    assert few == {}
+    fixed = brain("postprocess.min_component_voxels=25")
+    monkeypatch.setattr(runner, "_say", lambda console, text: None)
+    chosen = runner._choose_postprocess(fixed, model, tiny_cache, valid, "cpu", None, maps=few)
+    assert chosen.min_component_voxels == 25 and few == {}

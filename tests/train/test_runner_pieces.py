@@ -24,7 +24,7 @@ def brain(*overrides):
     return load_recipe(shipped_recipe("brain"), ["model.dropout=0.0", *overrides])
 
 
-def write_cache(root, labels, unlabelled=0):
+def write_cache(root, labels, unlabelled=0, settings=True):
     """One case per (Z, Y, X) label array, the image non-zero (4 channels) on a 6 × 6 box;
     then ``unlabelled`` cases without a label."""
     ids = []
@@ -40,7 +40,7 @@ def write_cache(root, labels, unlabelled=0):
             "label_scheme": BRATS_2021.to_json(),
             "channels": ["t1", "t1c", "t2", "flair"],
             "cases": ids,
-            "settings": {"clip_percentiles": [2.0, 98.0]},
+            **({"settings": {"clip_percentiles": [2.0, 98.0]}} if settings else {}),
         },
     )
     return Cache.open(root)
@@ -205,6 +205,8 @@ def test_a_new_runs_info_records_what_it_trains_on(tmp_path):
     plain = runner.new_run_info(brain(), model, cache, train, valid)
     assert plain.data is None and plain.extra["device"] == "cpu"
     assert plain.extra["train_cases"] is not train
+    bare = write_cache(tmp_path / "bare", [label_with({1: 3})], settings=False)
+    assert runner.new_run_info(brain(), model, bare, ["c0"], []).prepare == {}
 
 
 def test_freeze_groups_stops_the_groups_but_the_kept_parameters():
@@ -241,6 +243,9 @@ def test_record_fit_adds_the_time_and_the_kept_epochs():
     assert fresh.extra["train_seconds"] == 2.5 and fresh.extra["kept_epochs"] == {"stage2": 3}
     runner.record_fit(fresh, SimpleNamespace(), object(), 1.0, {})  # nothing kept
     assert fresh.extra["kept_epochs"] == {"stage2": 3} and fresh.extra["train_seconds"] == 3.5
+    unkept = SimpleNamespace(kept={}, first_learner=SimpleNamespace())  # a first fit not run
+    runner.record_fit(fresh, unkept, object(), 1.0, {})
+    assert fresh.extra["kept_epochs"] == {"stage2": 3}
 
 
 def test_where_a_resumed_run_stands():
@@ -263,12 +268,33 @@ def test_flips_are_announced_off_only_for_an_even_input_size():
     text = said(flip, "local_cascade")
     assert "data.flip is off for inputs 33+56" in text and "65" not in text
     assert said(flip, "twopath") == "" and said(brain("data.flip=false"), "local_cascade") == ""
+    # a first network with an even input is announced too, before the cascade's
+    out = io.StringIO()
+    cascade = SimpleNamespace(input_sizes=(33, 56), first=SimpleNamespace(input_sizes=(34,)))
+    runner._announce_flips(flip, cascade, Console(file=out, width=200))
+    lines = [line for line in out.getvalue().splitlines() if "data.flip is off" in line]
+    assert len(lines) == 2 and "inputs 34:" in lines[0] and "inputs 33+56:" in lines[1]
 
 
-def test_a_single_process_run_folder_is_made_under_out(tmp_path):
+def test_the_run_folder_is_made_once_and_every_rank_gets_its_name(tmp_path, monkeypatch):
     recipe = brain()
     folder = runner._new_run(tmp_path / "runs", recipe, SimpleNamespace(world=1, main=True))
     assert folder.is_dir() and folder.parent == tmp_path / "runs" and recipe.name in folder.name
+    # two processes: rank 0 makes the folder and sends its name (broadcast from rank 0)
+    sent = []
+
+    def broadcast(names, src):
+        sent.append((list(names), src))
+        if names[0] is None:  # another rank receives rank 0's name
+            names[0] = str(tmp_path / "runs" / "from-rank-0")
+
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", broadcast)
+    main = runner._new_run(tmp_path / "two", recipe, SimpleNamespace(world=2, main=True))
+    assert main.is_dir() and main.parent == tmp_path / "two" and recipe.name in main.name
+    assert sent == [([str(main)], 0)]
+    other = runner._new_run(tmp_path / "other", recipe, SimpleNamespace(world=2, main=False))
+    assert other == tmp_path / "runs" / "from-rank-0" and not (tmp_path / "other").exists()
+    assert sent[1] == ([None], 0)
 
 
 def test_post_processing_is_chosen_on_the_validation_maps_known_ones_reused(

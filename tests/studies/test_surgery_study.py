@@ -254,3 +254,58 @@ def test_each_variant_is_scored_with_its_own_network():
         accuracies.append(row[ACCURACY])
     assert len(set(accuracies)) == 3  # the three networks predict differently
     assert result.rows[1][f"delta_{ACCURACY}"] == pytest.approx(accuracies[1] - accuracies[0])
+
+
+def test_operations_from_the_command_line_and_a_recipe_keep_their_kinds_and_order():
+    from braver.studies.surgery import operations_from
+
+    operations = operations_from(
+        identity=["conv2"], keep=["local"], switch=[("a", "b")], copy=[["c", "d"]]
+    )
+    assert operations == [
+        Operation("identity", ("conv2",)),
+        Operation("keep", ("local",)),
+        Operation("switch", ("a", "b")),
+        Operation("copy", ("c", "d")),
+    ]
+    assert operations_from() == []
+    recipe = PruneRecipe(
+        PruneVariants(
+            identity=["conv2"],
+            keep=["global"],
+            keep_network=["first"],
+            switch=[["first.output", "second.output"]],
+            copy=[["first.local.conv2", "second.local.conv2"]],
+        )
+    )
+    assert recipe_operations(recipe, create_model("input_cascade")) == [
+        Operation("identity", ("conv2",)),
+        Operation("keep", ("global",)),
+        Operation("keep", ("first",)),
+        Operation("switch", ("first.output", "second.output")),
+        Operation("copy", ("first.local.conv2", "second.local.conv2")),
+    ]
+    # keep_network only for a cascade
+    assert Operation("keep", ("first",)) not in recipe_operations(recipe, create_model("twopath"))
+
+
+def test_a_name_matching_one_layer_gives_one_variant_without_a_note_and_records_say_what_it_is():
+    from braver.studies.surgery import variant_records
+
+    model = create_model("twopath")
+    intact, changed = build_variants(model, [Operation("identity", ("conv2",))])
+    assert changed.name == "identity local.conv2" and changed.note == ""
+    copy = Operation("copy", ("first.local.conv2", "second.local.conv2"))
+    copied = build_variants(create_model("input_cascade"), [copy])[1]
+    assert copied.name == "copy first.local.conv2 → second.local.conv2"
+    records = variant_records([intact, changed])
+    assert records == [
+        {"variant": "intact", "operations": [], "parameters_removed": 0, "note": ""},
+        {
+            "variant": "identity local.conv2",
+            "operations": changed.operations,
+            "parameters_removed": changed.parameters_removed,
+            "note": "",
+        },
+    ]
+    assert changed.parameters_removed > 0 and changed.operations[0]["layer"] == "local.conv2"

@@ -420,3 +420,35 @@ def test_the_baseline_starts_from_fresh_weights_not_the_brain_networks(liver_cac
             assert not torch.equal(start.state[name], brain_state[name]), name
     transfer = json.loads((run / "run.json").read_text())["extra"]["transfer"]
     assert transfer["baseline"] and transfer["source_run"] is None
+
+
+def test_planned_setups_keep_their_freeze_values_names_and_the_baselines_none():
+    from dataclasses import replace
+
+    from braver.recipe import TransferSetups
+    from braver.studies.transfer import SetupSpec
+
+    twopath = create_model("twopath")
+    assert resolve_freeze(twopath, "local, ,global") == ["local", "global"]  # empty names skipped
+    setups = plan_setups(twopath, ["local,output", "both"], True, TransferSettings())
+    assert [(s.spec, s.baseline) for s in setups] == [
+        ("local,output", False),
+        ("both", False),
+        ("none", True),
+    ]
+    # the recipe's default setups without the baseline: the setups alone
+    section = TransferSection(
+        baseline=False, setups=TransferSetups(twopath=[SetupSpec("global", "mine")])
+    )
+    (only,) = plan_setups(twopath, None, False, TransferSettings(section))
+    assert (only.name, only.freeze, only.spec, only.baseline) == (
+        "mine",
+        ["global"],
+        "global",
+        False,
+    )
+    # a seed setup keeps the name it is given
+    cascade = create_model("input_cascade")
+    section = replace(section, setups=TransferSetups(cascade=[SetupSpec("seed-e2e", "all of it")]))
+    (seed,) = plan_setups(cascade, None, False, TransferSettings(section))
+    assert seed.name == "all of it" and seed.seed is SEED_SETUPS["seed-e2e"]

@@ -43,7 +43,10 @@ def test_identity_name_matching_both_networks_gives_one_variant_each():
     # in a LocalCascade the second conv2 also takes the class map: skipped, and said so
     variants = build_variants(create_model("local_cascade"), [Operation("identity", ("conv2",))])
     assert [v.name for v in variants] == ["intact", "identity first.local.conv2"]
-    assert "second.local.conv2 skipped" in variants[1].note
+    assert variants[1].note == (
+        "'conv2' matches 2 layers (first.local.conv2, second.local.conv2): one row each; "
+        "second.local.conv2 skipped (changes the number of maps)"
+    )
 
 
 def test_bad_names_and_incompatible_layers_are_refused_before_any_work():

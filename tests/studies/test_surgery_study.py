@@ -312,3 +312,29 @@ def test_a_name_matching_one_layer_gives_one_variant_without_a_note_and_records_
         },
     ]
     assert changed.parameters_removed > 0 and changed.operations[0]["layer"] == "local.conv2"
+
+
+def test_variants_are_warmed_up_once_then_predicted_whole_with_the_batch_size(monkeypatch):
+    """One untimed single-slice pass per variant before the first case only; every pass gets
+    the batch size; a missed region's HD95 is the diagonal of the uncropped volume."""
+    import braver.inference as inference
+
+    calls = []
+    predict = inference.predict_volume
+
+    def spy(model, image, **kwargs):
+        calls.append((image.shape[1], kwargs.get("batch_size")))
+        return predict(model, image, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_volume", spy)
+    model = create_model("twopath", class_frequencies=[0.01, 0.01, 0.97, 0.01], dropout=0.0)
+    variants = build_variants(model, [Operation("keep", ("local",))])
+    cases = [phantom_case("a", 0), phantom_case("b", 1)]
+    cases[1].full_shape_zyx = (12, 60, 60)  # the volume before its crop
+    result = evaluate_variants(variants, cases, BRATS_2021, batch_size=5)
+    assert calls == [(1, 5), (1, 5)] + [(12, 5)] * 4
+    for name in ("intact", "keep local (global removed)"):
+        first, second = result.per_case[name]
+        assert first["tumor_core_dice"] == 0.0  # core missed: the worst HD95
+        assert first["tumor_core_hd95_mm"] == pytest.approx(worst_hd95_mm((12, 40, 40), (1, 1, 1)))
+        assert second["tumor_core_hd95_mm"] == pytest.approx(worst_hd95_mm((12, 60, 60), (1, 1, 1)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -330,11 +332,39 @@ def test_variants_are_warmed_up_once_then_predicted_whole_with_the_batch_size(mo
     model = create_model("twopath", class_frequencies=[0.01, 0.01, 0.97, 0.01], dropout=0.0)
     variants = build_variants(model, [Operation("keep", ("local",))])
     cases = [phantom_case("a", 0), phantom_case("b", 1)]
-    cases[1].full_shape_zyx = (12, 60, 60)  # the volume before its crop
+    cases[1].full_shape_zyx = (12, 60, 60)  # the volume before its crop (spacing: the same)
+    cases[1].spacing_zyx = (2.0, 1.0, 1.0)
+    started = time.perf_counter()
     result = evaluate_variants(variants, cases, BRATS_2021, batch_size=5)
+    elapsed = time.perf_counter() - started
     assert calls == [(1, 5), (1, 5)] + [(12, 5)] * 4
+    assert all(0 < row["seconds_per_volume"] < elapsed for row in result.rows)
+    # every computed pixel is edema: the scores of that map, with each case's spacing
+    classes = np.zeros((12, 40, 40), np.uint8)
+    classes[4:8, 12:28, 12:28] = 2
+    for name in ("intact", "keep local (global removed)"):
+        for case, record in zip(cases, result.per_case[name], strict=True):
+            worst = worst_hd95_mm(case.full_shape_zyx, case.spacing_zyx)
+            expected = region_scores(
+                classes, case.label, BRATS_2021, case.spacing_zyx, worst_hd95=worst
+            )
+            assert record[ACCURACY] == pytest.approx(2 * (64 - 16) / (4 * 16 * 16))
+            assert {k: record[k] for k in expected} == pytest.approx(expected)
     for name in ("intact", "keep local (global removed)"):
         first, second = result.per_case[name]
         assert first["tumor_core_dice"] == 0.0  # core missed: the worst HD95
         assert first["tumor_core_hd95_mm"] == pytest.approx(worst_hd95_mm((12, 40, 40), (1, 1, 1)))
-        assert second["tumor_core_hd95_mm"] == pytest.approx(worst_hd95_mm((12, 60, 60), (1, 1, 1)))
+        assert second["tumor_core_hd95_mm"] == pytest.approx(worst_hd95_mm((12, 60, 60), (2, 1, 1)))
+
+
+def test_a_case_without_foreground_has_no_accuracy():
+    model = create_model("twopath", dropout=0.0)
+    empty = StudyCase(
+        "empty",
+        np.zeros((4, 3, 20, 20), np.float32),
+        np.zeros((3, 20, 20), np.uint8),
+        (1.0, 1.0, 1.0),
+        (3, 20, 20),
+    )
+    result = evaluate_variants(build_variants(model, []), [empty], BRATS_2021)
+    assert np.isnan(result.per_case["intact"][0][ACCURACY]) and np.isnan(result.rows[0][ACCURACY])

@@ -452,3 +452,36 @@ def test_planned_setups_keep_their_freeze_values_names_and_the_baselines_none():
     section = replace(section, setups=TransferSetups(cascade=[SetupSpec("seed-e2e", "all of it")]))
     (seed,) = plan_setups(cascade, None, False, TransferSettings(section))
     assert seed.name == "all of it" and seed.seed is SEED_SETUPS["seed-e2e"]
+
+
+def test_frozen_slices_are_the_image_channels_of_frozen_partly_new_weights():
+    from braver.studies.transfer_training import frozen_slices
+    from braver.transfer import input_layout
+
+    cascade = create_model("input_cascade", in_channels=2, num_classes=3)
+    partly = ["second.local.conv1.weight", "second.global.conv1.weight"]
+    description = {"partly_reinitialised": partly}
+    # the image channels 0-1 keep their values; the class map's (2-4) learn
+    assert frozen_slices(cascade, ["second.local"], description) == {partly[0]: [0, 1]}
+    assert frozen_slices(cascade, ["second"], description) == {partly[0]: [0, 1], partly[1]: [0, 1]}
+    assert frozen_slices(cascade, [], description) == {}
+    assert frozen_slices(cascade, ["first"], description) == {}
+    # class map after the hidden maps (MFCascade's output layer): the hidden channels
+    mf = create_model("mf_cascade", in_channels=1, num_classes=3)
+    hidden = input_layout(mf)["second.output"][0][1]
+    slices = frozen_slices(
+        mf, ["second.output"], {"partly_reinitialised": ["second.output.weight"]}
+    )
+    assert slices == {"second.output.weight": list(range(hidden))}
+
+
+def test_second_network_frozen_only_when_no_parameter_of_it_trains():
+    from braver.studies.transfer_training import second_network_frozen
+
+    cascade = create_model("input_cascade")
+    assert second_network_frozen(cascade, ["second"], [])
+    assert second_network_frozen(cascade, ["first", "second"], ["first.output.bias"])
+    assert not second_network_frozen(cascade, ["second"], ["second.output.bias"])
+    assert not second_network_frozen(cascade, ["first", "second.local"], [])
+    assert not second_network_frozen(cascade, [], [])
+    assert not second_network_frozen(create_model("twopath"), ["local", "global", "output"], [])

@@ -464,6 +464,7 @@ def test_frozen_slices_are_the_image_channels_of_frozen_partly_new_weights():
     # the image channels 0-1 keep their values; the class map's (2-4) learn
     assert frozen_slices(cascade, ["second.local"], description) == {partly[0]: [0, 1]}
     assert frozen_slices(cascade, ["second"], description) == {partly[0]: [0, 1], partly[1]: [0, 1]}
+    assert frozen_slices(cascade, ["second.global"], description) == {partly[1]: [0, 1]}
     assert frozen_slices(cascade, [], description) == {}
     assert frozen_slices(cascade, ["first"], description) == {}
     # class map after the hidden maps (MFCascade's output layer): the hidden channels

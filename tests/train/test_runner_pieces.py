@@ -317,12 +317,21 @@ def test_post_processing_is_chosen_on_the_validation_maps_known_ones_reused(
     assert options == expected and options.fill_holes is False
     assert maps["tiny01"] is known and sorted(maps) == valid
     assert (maps["tiny02"] == found[1][0]).all() and (found[1][0] > 0).any()
-    # over the memory budget the maps are not kept; without "auto" nothing is predicted
-    monkeypatch.setattr(selection, "MAPS_BUDGET_BYTES", 0)
+    # kept within the memory budget (both maps: exactly the budget), not above it
+    monkeypatch.setattr(selection, "MAPS_BUDGET_BYTES", 2 * known.nbytes)
+    exact = {}
+    runner._choose_postprocess(recipe, model, tiny_cache, valid, "cpu", None, maps=exact)
+    assert sorted(exact) == valid
+    monkeypatch.setattr(selection, "MAPS_BUDGET_BYTES", 2 * known.nbytes - 1)
     few = {}
     runner._choose_postprocess(recipe, model, tiny_cache, valid, "cpu", None, maps=few)
     assert few == {}
+    # without "auto" nothing is predicted
+    monkeypatch.undo()
     fixed = brain("postprocess.min_component_voxels=25")
-    monkeypatch.setattr(runner, "_say", lambda console, text: None)
     chosen = runner._choose_postprocess(fixed, model, tiny_cache, valid, "cpu", None, maps=few)
     assert chosen.min_component_voxels == 25 and few == {}
+    # a key braver cannot choose for brain: the error names the recipe file
+    wrong = brain("postprocess.largest_component=auto")
+    with pytest.raises(BraverError, match=r"brain\.toml: post-processing option largest_comp"):
+        runner._choose_postprocess(wrong, model, tiny_cache, valid, "cpu", None, maps={})

@@ -339,7 +339,7 @@ def test_variants_are_warmed_up_once_then_predicted_whole_with_the_batch_size(mo
     elapsed = time.perf_counter() - started
     assert calls == [(1, 5), (1, 5)] + [(12, 5)] * 4
     assert all(0 < row["seconds_per_volume"] < elapsed for row in result.rows)
-    assert [row["note"] for row in result.rows] == ["", ""]
+    assert [row["note"] for row in result.rows] == ["", ""] and result.notes == []
     # every computed pixel is edema: the scores of that map, with each case's spacing
     classes = np.zeros((12, 40, 40), np.uint8)
     classes[4:8, 12:28, 12:28] = 2

@@ -298,7 +298,8 @@ def test_a_name_matching_one_layer_gives_one_variant_without_a_note_and_records_
     from braver.studies.surgery import variant_records
 
     model = create_model("twopath")
-    intact, changed = build_variants(model, [Operation("identity", ("conv2",))])
+    twice = [Operation("identity", ("conv2",)), Operation("identity", ("local.conv2",))]
+    intact, changed = build_variants(model, twice)  # the same layer asked for twice: one row
     assert changed.name == "identity local.conv2" and changed.note == ""
     copy = Operation("copy", ("first.local.conv2", "second.local.conv2"))
     copied = build_variants(create_model("input_cascade"), [copy])[1]

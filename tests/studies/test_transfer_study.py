@@ -452,6 +452,7 @@ def test_planned_setups_keep_their_freeze_values_names_and_the_baselines_none():
     section = replace(section, setups=TransferSetups(cascade=[SetupSpec("seed-e2e", "all of it")]))
     (seed,) = plan_setups(cascade, None, False, TransferSettings(section))
     assert seed.name == "all of it" and seed.seed is SEED_SETUPS["seed-e2e"]
+    assert seed.spec == "seed-e2e"
 
 
 def test_frozen_slices_are_the_image_channels_of_frozen_partly_new_weights():

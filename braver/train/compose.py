@@ -127,7 +127,11 @@ def recipe_callbacks(
                 stage2_patches=recipe.stage2.patches_per_epoch,
                 stage2_lr=recipe.stage2.lr,
                 class_weighting=weighting,
-                cbs=[PaperSchedule(recipe.optim), KeepBest(), *first_callbacks],
+                cbs=[
+                    PaperSchedule(recipe.optim),
+                    KeepBest(by=recipe.select.epoch_by),
+                    *first_callbacks,
+                ],
                 done="first" in state.get("finished", []),
                 epoch_offset=state.get("epochs_done", 0) if in_first else 0,
                 stage2_start=state.get("stage2_start") if in_first else None,
@@ -152,7 +156,7 @@ def recipe_callbacks(
             stage2_start=state.get("stage2_start") if main else None,
         ),
         PaperSchedule(recipe.optim),
-        KeepBest(),
+        KeepBest(by=recipe.select.epoch_by),
     ]
     return callbacks
 

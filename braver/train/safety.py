@@ -1,9 +1,9 @@
 """Training that survives and keeps its best: best-epoch weights, divergence rollback, bounds.
 
-- ``KeepBest``: remembers the weights of the epoch with the lowest validation loss of each
-  stage and puts them back when the stage ends (as fastai's ``SaveModelCallback`` does, but in
-  memory and per stage, so stage 2 starts from stage 1's best epoch); ``learn.kept`` says which
-  epoch each stage kept.
+- ``KeepBest``: remembers the weights of each stage's best epoch (the highest mean patch Dice
+  over the regions, or the lowest validation loss) and puts them back when the stage ends (as
+  fastai's ``SaveModelCallback`` does, but in memory and per stage, so stage 2 starts from
+  stage 1's best epoch); ``learn.kept`` says which epoch each stage kept.
 - ``DivergenceGuard``: a non-finite loss, or an epoch whose training loss is ``spike`` times the
   stage's best, rolls the weights back to the last good epoch, clears the optimiser's momentum
   and halves the learning rate (``learn.lr_scale``), at most ``retries`` times; after that the
@@ -43,9 +43,20 @@ def _last_losses(learn) -> tuple[float, float]:
     return train, valid
 
 
+def _last_dice(learn) -> float:
+    """Mean of the ``*_dice`` metrics the Recorder just logged; NaN when there are none."""
+    recorder = learn.recorder
+    values = recorder.values[-1] if recorder.values else []
+    names = list(recorder.metric_names)[1 : len(values) + 1]
+    dice = [float(v) for n, v in zip(names, values, strict=False) if str(n).endswith("_dice")]
+    dice = [v for v in dice if math.isfinite(v)]
+    return sum(dice) / len(dice) if dice else math.nan
+
+
 @dataclass
 class Kept:
-    """The epoch a stage kept and its validation loss."""
+    """The epoch a stage kept and its score (lower is better: the validation loss, or minus
+    the mean patch Dice)."""
 
     epoch: int
     valid_loss: float
@@ -53,11 +64,20 @@ class Kept:
 
 
 class KeepBest(Callback):
-    """Per stage, the weights of the epoch with the lowest validation loss are restored when
-    the stage ends (``learn.kept[stage]`` = that epoch). Without a validation set it keeps the
-    last epoch."""
+    """Per stage, the weights of the best epoch are restored when the stage ends
+    (``learn.kept[stage]`` = that epoch).
+
+    ``by="dice"``: the highest mean of the validation ``*_dice`` metrics (the validation loss
+    when the learner has none); ``by="valid_loss"``: the lowest validation loss. A balanced or
+    class-weighted validation loss can rise from overconfidence while the Dice still improves.
+    Without a validation set it keeps the last epoch."""
 
     order = 60  # after the Recorder (50) has logged the epoch
+
+    def __init__(self, by: str = "dice"):
+        if by not in ("dice", "valid_loss"):
+            raise ValueError(f"KeepBest(by={by!r}): choose 'dice' or 'valid_loss'")
+        self.by = by
 
     def before_fit(self):
         self.best: dict[str, Kept] = getattr(self.learn, "best_states", {})
@@ -69,7 +89,11 @@ class KeepBest(Callback):
             return
         stage = getattr(self.learn, "stage", "fit")
         _, valid = _last_losses(self.learn)
-        score = valid if math.isfinite(valid) else -float(self.learn.epoch)  # no valid: last
+        dice = _last_dice(self.learn) if self.by == "dice" else math.nan
+        if math.isfinite(dice):
+            score = -dice
+        else:
+            score = valid if math.isfinite(valid) else -float(self.learn.epoch)  # no valid: last
         kept = self.best.get(stage)
         if kept is None or score < kept.valid_loss:
             epoch = getattr(self.learn, "epoch_offset", 0) + self.epoch

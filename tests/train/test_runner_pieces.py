@@ -335,3 +335,54 @@ def test_post_processing_is_chosen_on_the_validation_maps_known_ones_reused(
     wrong = brain("postprocess.largest_component=auto")
     with pytest.raises(BraverError, match=r"brain\.toml: post-processing option largest_comp"):
         runner._choose_postprocess(wrong, model, tiny_cache, valid, "cpu", None, maps={})
+
+
+class _Stop(Exception):
+    """Ends train_from_recipe once a test has seen what it needs (before any fit)."""
+
+
+def test_train_from_recipe_hands_its_arguments_to_its_steps(tiny_cache, tmp_path, monkeypatch):
+    from braver.train import tracking
+
+    calls = {}
+
+    def stop_at(name):
+        def spy(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            raise _Stop
+
+        monkeypatch.setattr(runner, name, spy)
+
+    recipe = brain("data.mode=tile", "data.tile=4", "data.batch_size=2")
+    stop_at("resumed_start")  # a resumed run: the folder, groups and kept parameters
+    with pytest.raises(_Stop):
+        runner.train_from_recipe(
+            recipe, resume=tmp_path / "run", freeze=["local"], keep_trainable=["local.conv1.bias"]
+        )
+    assert calls["resumed_start"] == ((tmp_path / "run", ["local"], ["local.conv1.bias"]), {})
+    checked = []  # W&B is checked first, and only when asked for
+    monkeypatch.setattr(tracking, "require_wandb", lambda: checked.append(True))
+    stop_at("new_start")
+    with pytest.raises(_Stop):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, freeze=["global"], keep_trainable=["x"]
+        )
+    assert calls["new_start"] == ((recipe, tiny_cache.root, ["global"], ["x"]), {}) and not checked
+    with pytest.raises(_Stop):
+        runner.train_from_recipe(recipe, cache=tiny_cache.root, wandb=True)
+    assert checked == [True]
+    # a new run as far as its callbacks: progress asked for is drawn, with the console given
+    monkeypatch.undo()
+    stop_at("_run_callbacks")
+    console = Console(file=io.StringIO())  # not a terminal
+    with pytest.raises(_Stop):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache, out=tmp_path / "runs", console=console, progress=True,
+            run_extra={"setup": "s"},
+        )  # fmt: skip
+    args, _ = calls["_run_callbacks"]
+    folder, info = args[1], args[2]
+    assert folder.parent == tmp_path / "runs" and (folder / "run.json").exists()
+    assert (args[5], args[6], args[7], args[8]) == (console, True, False, {"setup": "s"})
+    assert info.extra["setup"] == "s" and info.cache == str(tiny_cache.root)
+    assert "Run folder" in console.file.getvalue()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -347,11 +348,14 @@ def test_a_run_records_what_it_was_given_and_chooses_on_whole_volumes(tiny_cache
         start.update({k: v.clone() for k, v in model.state_dict().items()})
         return model
 
+    started = time.time()
     folder = runner.train_from_recipe(
         recipe, cache=tiny_cache.root, out=tmp_path, data="the/dataset", model=build,
         freeze=["local"], keep_trainable=["local.conv1.bias"], run_extra={"setup": "test"},
     )  # fmt: skip
+    elapsed = time.time() - started
     info = json.loads((folder / "run.json").read_text())
+    assert 0 < info["extra"]["train_seconds"] <= elapsed + 0.1  # rounded to 0.1 s
     valid = info["validation_cases"]
     train = info["extra"]["train_cases"]
     assert sorted(train + valid) == tiny_cache.case_ids and len(valid) == 1

@@ -189,14 +189,23 @@ def _worker(tmp_path, cache, folder, space, trials, *extra) -> subprocess.Popen:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
+    # output to a file, not a pipe: nobody reads a pipe while the worker runs, and a full pipe
+    # (progress output on a loaded machine) would block the worker for good
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 (closed with the process)
+    process = subprocess.Popen(
         [sys.executable, str(script), str(cache), str(folder), str(space), str(trials)]
         + [*TINY, *extra],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    log.close()  # the child has its own copy
+    return process
+
+
+def _output(tmp_path) -> str:
+    return (tmp_path / "worker.log").read_text()
 
 
 def _wait_for(folder: Path, ready, seconds: float = 600) -> list:
@@ -241,8 +250,8 @@ def test_a_killed_study_resumes_with_its_finished_trials(tmp_path, space_file, o
         trials = _wait_for(folder, second_trial_started)
     finally:
         process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-    assert trials[0].state == TrialState.COMPLETE, process.stdout
+        process.wait(timeout=30)
+    assert trials[0].state == TrialState.COMPLETE, _output(tmp_path)
     before = _load(folder, "shared").trials
     assert before[1].state == TrialState.RUNNING  # as the killed process left it
 
@@ -264,8 +273,8 @@ def test_two_processes_share_one_sqlite_study(tmp_path, space_file, one_thread):
         _wait_for(folder, lambda trials: any(t.user_attrs.get("pid") for t in trials))
         _tune_here(folder, cache.root, space_file, 3)
     finally:
-        output, _ = other.communicate(timeout=240)
-    assert other.returncode == 0, output
+        other.wait(timeout=240)
+    assert other.returncode == 0, _output(tmp_path)
     trials = _load(folder, "shared").trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) >= 3 and len(trials) == len(complete)  # none lost or failed

@@ -451,9 +451,7 @@ def class_maps(
         if case_id in known:
             classes = np.asarray(known[case_id], dtype=np.uint8)
         else:
-            probs = predict_volume(
-                model, case.image, device=device, batch_size=batch_size, tta=tta
-            )
+            probs = predict_volume(model, case.image, device=device, batch_size=batch_size, tta=tta)
             classes = probs.argmax(axis=0).astype(np.uint8)
         spacing = tuple(float(s) for s in case.meta["spacing_zyx"])
         out.append((classes, np.asarray(case.label), spacing))

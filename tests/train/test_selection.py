@@ -204,3 +204,32 @@ def test_each_validation_volume_is_predicted_once_per_set_of_weights(tiny_cache,
     assert [r["whole_tumor_dice"] for r in rows] == pytest.approx(
         [r["whole_tumor_dice"] for r in metrics["cases"]], abs=1e-9
     )
+
+
+def test_metrics_are_scored_with_the_recipes_post_processing(tiny_cache, tmp_path):
+    """metrics.json scores the kept maps with the run's own post-processing, not the defaults."""
+    from braver.inference import evaluate_cached_cases
+    from braver.runs import load_model
+
+    sets = [
+        "data.mode=tile", "data.tile=4", "data.batch_size=2", "data.validation_fraction=0.25",
+        "data.validation_patches=4", "stage1.epochs=1", "stage1.patches_per_epoch=4",
+        "stage2.epochs=1", "stage2.patches_per_epoch=4", "model.dropout=0.0",
+        "report.previews=false", "postprocess.min_component_voxels=100000",
+    ]  # fmt: skip
+    folder = runner.train_from_recipe(
+        load_recipe(shipped_recipe("brain"), sets), cache=tiny_cache.root, out=tmp_path
+    )
+    info = json.loads((folder / "run.json").read_text())
+    assert info["extra"]["postprocess"]["min_component_voxels"] == 100000
+    metrics = json.loads((folder / "metrics.json").read_text())
+    model = load_model(folder)[0].eval()
+    valid = info["validation_cases"]
+
+    def scores(postprocess):
+        rows = evaluate_cached_cases(model, tiny_cache, valid, postprocess=postprocess)
+        return [r[k] for r in rows for k in sorted(r) if k.endswith("_dice")]
+
+    recorded = [r[k] for r in metrics["cases"] for k in sorted(r) if k.endswith("_dice")]
+    assert recorded == pytest.approx(scores({"min_component_voxels": 100000}), abs=1e-9)
+    assert recorded != pytest.approx(scores(None), abs=1e-6)  # the defaults keep components

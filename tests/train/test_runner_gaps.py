@@ -1,0 +1,199 @@
+"""train_from_recipe's wiring that the other runner tests leave open: a cascade's first fit in
+the run folder (its checkpoints, progress and kept epochs), the W&B tracker's exit codes, and
+rollbacks of a run that recovers. Tiny seeded cache, one short fit per test."""
+
+import io
+import json
+
+import pytest
+from fastai.callback.core import Callback
+from rich.console import Console
+
+from braver.errors import BraverError
+from braver.recipe import load_recipe, shipped_recipe
+from braver.train import runner
+
+TINY = [
+    "data.mode=tile",
+    "data.tile=4",
+    "data.batch_size=2",
+    "data.validation_fraction=0.25",
+    "data.validation_patches=4",
+    "stage1.epochs=1",
+    "stage1.patches_per_epoch=4",
+    "stage2.epochs=1",
+    "stage2.patches_per_epoch=4",
+    "cascade.first_epochs=1",
+    "cascade.first_patches_per_epoch=4",
+    "cascade.first_stage2_epochs=1",
+    "model.dropout=0.0",
+    "select.by=last",
+]
+
+
+def _stages(folder):
+    return [line.split(",")[0] for line in (folder / "history.csv").read_text().splitlines()[1:]]
+
+
+def _progress(folder):
+    return json.loads((folder / "progress.json").read_text())
+
+
+class _Interrupt(Callback):
+    """Stops the process (as Ctrl-C would) after the first fit's checkpoint of epoch 0."""
+
+    order = 75  # after Checkpoint (70)
+
+    def after_epoch(self):
+        raise KeyboardInterrupt
+
+
+def test_a_cascade_checkpoints_its_first_fit_resumes_it_and_records_its_kept_epochs(
+    tiny_cache, tmp_path
+):
+    recipe = load_recipe(shipped_recipe("brain"), [*TINY, "model.name=mf_cascade"])
+    with pytest.raises(KeyboardInterrupt):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path / "runs", evaluate=False,
+            callbacks=[_Interrupt()],
+        )  # fmt: skip
+    (folder,) = (tmp_path / "runs").iterdir()
+    # the first network's own fit wrote the checkpoint: its name, epochs and stage
+    progress = _progress(folder)
+    assert progress["fit"] == "first" and progress["finished"] == []
+    assert progress["epochs_done"] == 1 and progress["stage"] == "first.stage1"
+    assert (folder / "checkpoint.safetensors").exists()
+    out = io.StringIO()
+    runner.train_from_recipe(
+        recipe, resume=folder, evaluate=False, console=Console(file=out, width=200)
+    )
+    assert "after nothing finished, 1 epochs of first" in out.getvalue()
+    assert "not trained alone" not in out.getvalue()
+    assert _stages(folder) == ["first.stage1", "first.stage2", "stage1", "stage2"]
+    progress = _progress(folder)
+    assert progress["finished"] == ["first", "main"] and progress["done"] is True
+    info = json.loads((folder / "run.json").read_text())
+    # the kept epochs of both fits: the first network's (found as CascadeFirst; its stage 2,
+    # trained by this process, counted from the first fit's start) and the main fit's
+    kept = info["extra"]["kept_epochs"]
+    assert (kept["first.stage2"], kept["stage1"], kept["stage2"]) == (1, 0, 1)
+
+
+def test_a_cascade_whose_first_network_is_frozen_says_it_was_not_trained_alone(
+    tiny_cache, tmp_path
+):
+    recipe = load_recipe(shipped_recipe("brain"), [*TINY, "model.name=mf_cascade"])
+    out = io.StringIO()
+    folder = runner.train_from_recipe(
+        recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False, freeze=["first"],
+        console=Console(file=out, width=200),
+    )  # fmt: skip
+    assert "first: not trained alone (the first network is frozen)" in out.getvalue()
+    assert _stages(folder) == ["stage1", "stage2"]
+    assert _progress(folder)["finished"] == ["main"]  # no first fit ran
+
+
+class _FakeTracker(Callback):
+    """Stands in for WandbTracker: records how the run finishes it."""
+
+    finished: list = []
+
+    def __init__(self, group=None):
+        self.group = group
+
+    def finish(self, folder=None, exit_code=0):
+        _FakeTracker.finished.append(
+            (folder, exit_code, (folder / "metrics.json").exists() if folder else None)
+        )
+
+
+@pytest.fixture
+def tracker(monkeypatch):
+    from braver.train import tracking
+
+    monkeypatch.setattr(tracking, "require_wandb", lambda: None)
+    monkeypatch.setattr(tracking, "WandbTracker", _FakeTracker)
+    _FakeTracker.finished = []
+    return _FakeTracker.finished
+
+
+class _Blow(Callback):
+    """At run epochs in ``at``, multiply the learning rate by a huge factor: a spike."""
+
+    order = -3
+
+    def __init__(self, at):
+        self.at = set(at)
+
+    def before_epoch(self):
+        if getattr(self.learn, "epoch_offset", 0) + self.epoch in self.at:
+            self.learn.opt.set_hyper("lr", 1e9)
+
+
+def test_a_run_that_rolls_back_once_and_recovers_records_the_rollback(
+    tiny_cache, tmp_path, tracker
+):
+    recipe = load_recipe(
+        shipped_recipe("brain"),
+        [*TINY, "stage1.epochs=3", "optim.divergence_retries=1", "optim.lr=0.01"],
+    )
+    with pytest.warns(UserWarning, match="stage1 epoch 1 diverged"):
+        folder = runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False, wandb=True,
+            callbacks=[_Blow(at=[1])],
+        )  # fmt: skip
+    info = json.loads((folder / "run.json").read_text())
+    assert info["extra"]["diverged"] is False
+    assert [(r["stage"], r["epoch"]) for r in info["extra"]["rollbacks"]] == [("stage1", 1)]
+    assert _stages(folder) == ["stage1"] * 3 + ["stage2"]  # it went on to stage 2
+    assert _progress(folder)["diverged"] is False
+    # W&B closed once, as a success, after metrics.json was written
+    assert tracker == [(folder, 0, True)]
+
+
+def test_a_diverged_run_finishes_its_tracker_as_failed(tiny_cache, tmp_path, tracker):
+    recipe = load_recipe(
+        shipped_recipe("brain"),
+        [*TINY, "stage1.epochs=2", "optim.divergence_retries=0", "optim.lr=0.01"],
+    )
+    with pytest.warns(UserWarning, match="diverged"):
+        folder = runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False, wandb=True,
+            callbacks=[_Blow(at=[1])],
+        )  # fmt: skip
+    assert json.loads((folder / "run.json").read_text())["extra"]["diverged"] is True
+    assert tracker == [(folder, 1, True)]
+
+
+def test_an_error_in_the_fit_or_nan_weights_finish_the_tracker_as_failed(
+    tiny_cache, tmp_path, tracker
+):
+    import torch
+
+    class Fail(Callback):
+        def before_fit(self):
+            raise RuntimeError("broken callback")
+
+    recipe = load_recipe(shipped_recipe("brain"), TINY)
+    with pytest.raises(RuntimeError, match="broken callback"):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path / "a", wandb=True, callbacks=[Fail()]
+        )
+    (folder,) = (tmp_path / "a").iterdir()
+    assert tracker == [(folder, 1, False)]
+
+    class Poison(Callback):
+        order = 90
+
+        def after_fit(self):
+            with torch.no_grad():
+                next(self.learn.model.parameters()).fill_(float("nan"))
+
+    tracker.clear()
+    with pytest.raises(BraverError, match="diverged"):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path / "b", wandb=True, callbacks=[Poison()]
+        )
+    (folder,) = (tmp_path / "b").iterdir()
+    assert tracker == [(folder, 1, False)]
+    assert _progress(folder)["diverged"] is True

@@ -9,7 +9,8 @@
 #
 # It works in a copy of the tree (WORK, default /tmp/braver-mutation), so the checkout gets no
 # mutants/ folder and edits made meanwhile do not disturb the run; cli/ and recipes/ are moved
-# into braver/ in the copy so that braver.cli and braver.recipes come from the copy too.
+# into braver/ in the copy so that braver.cli and braver.recipes come from the copy too, and
+# the CLI's decorated commands are rewritten as plain functions (bench/undecorate.py).
 # mutmut runs, for each mutant, only the tests that executed the mutated function (-x, without
 # the slow ones). Statements that only word a message (warnings.warn, BraverError, console
 # lines) are not mutated. The last line is one JSON object: mutants, killed, survived, survival
@@ -35,6 +36,9 @@ rm -rf "$WORK/tree.new" && mkdir -p "$WORK/tree.new"
 for part in cli recipes; do  # braver.cli and braver.recipes live outside braver/ (package-dir)
     rm -rf "$WORK/tree.new/braver/$part" && mv "$WORK/tree.new/$part" "$WORK/tree.new/braver/$part"
 done
+# mutmut skips decorated functions, i.e. every Typer command: in the copy they become plain
+# functions registered by a call after them (bench/undecorate.py), so their bodies are mutated
+"$PYTHON" "$ROOT/bench/undecorate.py" "$WORK"/tree.new/braver/cli/*.py
 # keep mutmut's cache (results of unchanged mutants) from an earlier run
 if [ -d "$WORK/tree/mutants" ]; then mv "$WORK/tree/mutants" "$WORK/tree.new/mutants"; fi
 rm -rf "$WORK/tree" && mv "$WORK/tree.new" "$WORK/tree"

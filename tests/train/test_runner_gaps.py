@@ -4,6 +4,7 @@ rollbacks of a run that recovers. Tiny seeded cache, one short fit per test."""
 
 import io
 import json
+from types import SimpleNamespace
 
 import pytest
 from fastai.callback.core import Callback
@@ -197,3 +198,33 @@ def test_an_error_in_the_fit_or_nan_weights_finish_the_tracker_as_failed(
     (folder,) = (tmp_path / "b").iterdir()
     assert tracker == [(folder, 1, False)]
     assert _progress(folder)["diverged"] is True
+
+
+@pytest.mark.parametrize("cases, chosen", [(2, ["v0", "v1"]), (0, ["v0", "v1", "v2"])])
+def test_select_weights_scores_the_recipes_cases_device_and_tempering(monkeypatch, cases, chosen):
+    """``_select_weights`` hands ``select_weights`` the first ``select.cases`` validation cases
+    (0: all), the device and ``select.tempered``; records the choice; returns its maps."""
+    import torch
+
+    from braver.train import selection
+
+    calls = []
+
+    def select(model, learn, cache, case_ids, **kwargs):
+        calls.append((learn, cache, list(case_ids), kwargs))
+        model.eval()  # as the real one leaves it, after predicting
+        return selection.Selection("stage1", {"stage1": 0.5}, list(case_ids), {"v0": "map"})
+
+    monkeypatch.setattr(selection, "select_weights", select)
+    recipe = load_recipe(shipped_recipe("brain"), [f"select.cases={cases}", "select.tempered=0.25"])
+    model, info = torch.nn.Linear(1, 1), SimpleNamespace(extra={})
+    maps = runner._select_weights(
+        recipe, model, "LEARN", "CACHE", ["v0", "v1", "v2"], "cuda:7", info, None
+    )
+    assert calls == [("LEARN", "CACHE", chosen, {"device": "cuda:7", "tempered": 0.25})]
+    assert info.extra["selection"] == {
+        "kept": "stage1",
+        "mean_dice": {"stage1": 0.5},
+        "cases": chosen,
+    }
+    assert maps == {"v0": "map"} and model.training  # back in training mode

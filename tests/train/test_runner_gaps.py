@@ -218,8 +218,9 @@ def test_select_weights_scores_the_recipes_cases_device_and_tempering(monkeypatc
     monkeypatch.setattr(selection, "select_weights", select)
     recipe = load_recipe(shipped_recipe("brain"), [f"select.cases={cases}", "select.tempered=0.25"])
     model, info = torch.nn.Linear(1, 1), SimpleNamespace(extra={})
+    console = Console(file=io.StringIO(), width=200)
     maps = runner._select_weights(
-        recipe, model, "LEARN", "CACHE", ["v0", "v1", "v2"], "cuda:7", info, None
+        recipe, model, "LEARN", "CACHE", ["v0", "v1", "v2"], "cuda:7", info, console
     )
     assert calls == [("LEARN", "CACHE", chosen, {"device": "cuda:7", "tempered": 0.25})]
     assert info.extra["selection"] == {
@@ -228,3 +229,6 @@ def test_select_weights_scores_the_recipes_cases_device_and_tempering(monkeypatc
         "cases": chosen,
     }
     assert maps == {"v0": "map"} and model.training  # back in training mode
+    said = console.file.getvalue()
+    assert f"Choosing the weights on {len(chosen)} validation volumes" in said
+    assert "kept stage1 (mean Dice stage1 0.500)" in said

@@ -1,0 +1,122 @@
+"""Each option of `braver train` reaches the library call it names (the calls are spied on:
+no data is prepared and nothing is trained, so these run in well under a second)."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from braver.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def spies(monkeypatch, tmp_path):
+    """train_from_recipe, training_cache and the torchrun set-up replaced by recorders."""
+    import braver.data.sources
+    import braver.train
+    import braver.train.distributed
+
+    calls = {"train": [], "cache": [], "setup": [], "cleanup": []}
+
+    def train_from_recipe(recipe, **kwargs):
+        calls["train"].append((recipe, kwargs))
+        return tmp_path / "runs" / "the-run"
+
+    def training_cache(kind, data=None, **kwargs):
+        calls["cache"].append((kind, data, kwargs))
+        return tmp_path / "the-cache"
+
+    def setup_from_environment(device):
+        calls["setup"].append(device)
+        return device + "-rank"
+
+    monkeypatch.setattr(braver.train, "train_from_recipe", train_from_recipe)
+    monkeypatch.setattr(braver.data.sources, "training_cache", training_cache)
+    monkeypatch.setattr(braver.train.distributed, "setup_from_environment", setup_from_environment)
+    monkeypatch.setattr(braver.train.distributed, "cleanup", lambda: calls["cleanup"].append(1))
+    return calls
+
+
+def test_train_hands_every_option_to_the_cache_and_the_fit(spies, tmp_path):
+    data = tmp_path / "BraTS"
+    data.mkdir()
+    args = [
+        "train", "brain", "--data", str(data), "--format", "brats", "--out", str(tmp_path / "o"),
+        "--device", "cpu", "--set", "stage1.epochs=3", "--set", "optim.lr=0.002", "--wandb",
+        "--workers", "3", "--no-n4",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"Run folder: {tmp_path / 'runs' / 'the-run'}" in " ".join(result.output.split())
+    ((kind, given_data, cache_kwargs),) = spies["cache"]
+    assert (kind, given_data) == ("brain", data)
+    settings = cache_kwargs.pop("settings")
+    assert settings.n4 is False  # --no-n4 reaches the preparation
+    assert cache_kwargs == {
+        "format": "brats",
+        "workers": 3,
+        "progress": False,
+        "console": cache_kwargs["console"],
+    }
+    assert cache_kwargs["console"] is not None
+    ((recipe, kwargs),) = spies["train"]
+    # --data: the recipe's base tables, not the phantom profile, with the --set values
+    assert (recipe.name, recipe.stage1.epochs, recipe.optim.lr) == ("brain", 3, 0.002)
+    assert kwargs.pop("console") is cache_kwargs["console"]
+    assert kwargs == {
+        "cache": tmp_path / "the-cache", "out": tmp_path / "o", "device": "cpu-rank",
+        "data": data, "wandb": True, "progress": False,
+    }  # fmt: skip
+    assert spies["setup"] == ["cpu"] and spies["cleanup"] == [1]
+
+
+def test_train_without_data_uses_the_phantom_profile_and_the_defaults(spies, tmp_path):
+    result = runner.invoke(app, ["train", "brain"])
+    assert result.exit_code == 0, result.output
+    ((kind, given_data, cache_kwargs),) = spies["cache"]
+    assert (kind, given_data, cache_kwargs["format"], cache_kwargs["workers"]) == (
+        "brain", None, None, 1,
+    )  # fmt: skip
+    assert cache_kwargs["settings"].n4 is None  # not given: the modality decides (on for MRI)
+    ((recipe, kwargs),) = spies["train"]
+    assert recipe.name == "brain-phantom"
+    assert (kwargs["out"], kwargs["data"], kwargs["wandb"]) == (Path("runs"), None, False)
+
+
+def test_train_resume_continues_the_run_folders_own_recipe(spies, tmp_path):
+    from braver.recipe import load_recipe, shipped_recipe
+    from braver.runs import RunInfo, save_run_info
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    recipe = load_recipe(shipped_recipe("brain"), ["stage1.epochs=7"])
+    (folder / "recipe.toml").write_text(recipe.to_toml())
+    save_run_info(folder, RunInfo(kind="brain", model={}, label_scheme={}, channels=[]))
+    result = runner.invoke(
+        app, ["train", "brain", "--resume", str(folder), "--device", "cpu", "--wandb"]
+    )
+    assert result.exit_code == 0, result.output
+    assert spies["cache"] == [] and spies["cleanup"] == []
+    ((given, kwargs),) = spies["train"]
+    assert given.stage1.epochs == 7
+    assert kwargs.pop("console") is not None
+    assert kwargs == {"resume": folder, "device": "cpu-rank", "wandb": True, "progress": False}
+    assert f"Run folder: {tmp_path / 'runs' / 'the-run'}" in " ".join(result.output.split())
+    # not a run folder: one clear error, nothing trained
+    result = runner.invoke(app, ["train", "brain", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and len(spies["train"]) == 1
+
+
+def test_a_recipe_file_is_read_and_a_missing_one_refused(spies, tmp_path):
+    from braver.recipe import shipped_recipe
+
+    mine = tmp_path / "mine.toml"
+    mine.write_text(shipped_recipe("brain").read_text().replace('name = "brain"', 'name = "mine"'))
+    result = runner.invoke(app, ["train", str(mine), "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert spies["train"][0][0].name == "mine"
+    result = runner.invoke(app, ["train", str(tmp_path / "absent.toml")])
+    assert result.exit_code == 2 and "recipe file not found" in result.output
+    assert len(spies["train"]) == 1

@@ -120,3 +120,75 @@ def test_a_recipe_file_is_read_and_a_missing_one_refused(spies, tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "absent.toml")])
     assert result.exit_code == 2 and "recipe file not found" in result.output
     assert len(spies["train"]) == 1
+
+
+def test_transfer_hands_every_option_to_the_plan_the_cache_and_the_study(
+    spies, tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    import braver.studies.transfer
+
+    calls = {}
+    setups = [SimpleNamespace(name="local", freeze=["local"]), SimpleNamespace(name="e", freeze=[])]
+    plan = SimpleNamespace(
+        latest=True, brain_run=tmp_path / "brain-run", recipe=SimpleNamespace(kind="liver"),
+        prepare="PREPARE", setups=setups, brain=SimpleNamespace(config={"name": "twopath"}),
+        strategy="average",
+    )  # fmt: skip
+    study = SimpleNamespace(
+        table=lambda: "THE TABLE", rows=[{"setup": "local", "run": "run-1"}],
+        folder=tmp_path / "study",
+    )  # fmt: skip
+
+    def plan_transfer_study(recipe, **kwargs):
+        calls["plan"] = (recipe, kwargs)
+        return plan
+
+    def run_transfer_study(given, **kwargs):
+        calls["run"] = (given, kwargs)
+        return study
+
+    monkeypatch.setattr(braver.studies.transfer, "plan_transfer_study", plan_transfer_study)
+    monkeypatch.setattr(braver.studies.transfer, "run_transfer_study", run_transfer_study)
+    data = tmp_path / "LiTS"
+    args = [
+        "transfer", "liver", "--from", str(tmp_path / "brain"), "--data", str(data),
+        "--format", "lits", "--freeze", "local", "--freeze", "first,second", "--baseline",
+        "--strategy", "average", "--out", str(tmp_path / "o"), "--runs", str(tmp_path / "r"),
+        "--device", "cpu", "--set", "stage1.epochs=2", "--workers", "2",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert calls["plan"] == (
+        "liver",
+        {
+            "source": tmp_path / "brain", "runs": tmp_path / "r",
+            "freeze": ["local", "first,second"], "baseline": True, "strategy": "average",
+            "overrides": ["stage1.epochs=2"], "data": data,
+        },
+    )  # fmt: skip
+    ((kind, given_data, cache_kwargs),) = spies["cache"]
+    assert (kind, given_data, cache_kwargs.pop("console") is not None) == ("liver", data, True)
+    assert cache_kwargs == {
+        "format": "lits", "workers": 2, "progress": False, "settings": "PREPARE"
+    }  # fmt: skip
+    given, kwargs = calls["run"]
+    assert given is plan and kwargs.pop("console") is not None
+    assert kwargs == {
+        "cache": tmp_path / "the-cache", "out": tmp_path / "o", "device": "cpu", "progress": False,
+    }  # fmt: skip
+    text = " ".join(result.output.split())
+    assert f"Starting from the latest brain run: {tmp_path / 'brain-run'}" in text
+    assert "2 setup(s) from twopath (brain-run), channels by average" in text
+    assert "local (local frozen); e (nothing frozen)" in text
+    assert "THE TABLE" in text and "local: run-1" in text
+    assert f"to {tmp_path / 'study'}" in text
+    # the defaults: no --set, --freeze or --from; a plan that was given its brain run
+    plan.latest = False
+    result = runner.invoke(app, ["transfer", "liver"])
+    assert result.exit_code == 0, result.output
+    assert calls["plan"][1]["overrides"] == [] and calls["plan"][1]["freeze"] is None
+    assert calls["plan"][1]["runs"] == Path("runs") and "Starting from" not in result.output
+    assert calls["run"][1]["out"] == Path("runs") and calls["run"][1]["device"] is None
+    assert spies["cache"][1][2]["workers"] == 1

@@ -213,7 +213,8 @@ def test_select_weights_scores_the_recipes_cases_device_and_tempering(monkeypatc
     def select(model, learn, cache, case_ids, **kwargs):
         calls.append((learn, cache, list(case_ids), kwargs))
         model.eval()  # as the real one leaves it, after predicting
-        return selection.Selection("stage1", {"stage1": 0.5}, list(case_ids), {"v0": "map"})
+        scores = {"stage1": 0.5, "stage2": 0.25}
+        return selection.Selection("stage1", scores, list(case_ids), {"v0": "map"})
 
     monkeypatch.setattr(selection, "select_weights", select)
     recipe = load_recipe(shipped_recipe("brain"), [f"select.cases={cases}", "select.tempered=0.25"])
@@ -225,10 +226,10 @@ def test_select_weights_scores_the_recipes_cases_device_and_tempering(monkeypatc
     assert calls == [("LEARN", "CACHE", chosen, {"device": "cuda:7", "tempered": 0.25})]
     assert info.extra["selection"] == {
         "kept": "stage1",
-        "mean_dice": {"stage1": 0.5},
+        "mean_dice": {"stage1": 0.5, "stage2": 0.25},
         "cases": chosen,
     }
     assert maps == {"v0": "map"} and model.training  # back in training mode
     said = console.file.getvalue()
     assert f"Choosing the weights on {len(chosen)} validation volumes" in said
-    assert "kept stage1 (mean Dice stage1 0.500)" in said
+    assert "kept stage1 (mean Dice stage1 0.500, stage2 0.250)" in said

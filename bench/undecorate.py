@@ -12,6 +12,7 @@ becomes a plain module-level function, decorated by a call after its definition:
         @app.command(...)        ->     def register(app):
         def predict(...): ...               app.command(...)(predict)
 
+Other functions decorated inside a function (a nested ``@contextmanager``) stay as they are.
 Typer reads the same signature (mutmut's trampoline keeps it with ``functools.wraps``), so the
 app is the same; only the copy is rewritten, never the checkout.
 
@@ -34,6 +35,18 @@ def _decorated(node: cst.CSTNode) -> bool:
     return not (len(names) == 1 and isinstance(names[0], cst.Name) and names[0].value in KEPT)
 
 
+def _registered(node: cst.CSTNode) -> bool:
+    """A function decorated by ``X.command(...)`` or ``X.callback(...)`` (a Typer command)."""
+    if not _decorated(node) or len(node.decorators) != 1:
+        return False
+    call = node.decorators[0].decorator
+    return (
+        isinstance(call, cst.Call)
+        and isinstance(call.func, cst.Attribute)
+        and call.func.attr.value in ("command", "callback")
+    )
+
+
 def _applied(function: cst.FunctionDef) -> cst.BaseExpression:
     """``d1(d2(name))`` for ``@d1 @d2 def name``: decorators apply from the bottom up."""
     value: cst.BaseExpression = cst.Name(function.name.value)
@@ -52,11 +65,11 @@ def undecorate(source: str) -> str:
             assign = cst.Assign(targets=[cst.AssignTarget(name)], value=_applied(statement))
             body += [plain, cst.SimpleStatementLine([assign])]
         elif isinstance(statement, cst.FunctionDef) and any(
-            _decorated(inner) for inner in statement.body.body
+            _registered(inner) for inner in statement.body.body
         ):  # register(app): its commands move out, registered by calls
             inner_body = []
             for inner in statement.body.body:
-                if _decorated(inner):
+                if _registered(inner):
                     body.append(inner.with_changes(decorators=[]))
                     inner_body.append(cst.SimpleStatementLine([cst.Expr(_applied(inner))]))
                 else:

@@ -53,6 +53,12 @@ def rule_dice(image, label, offset: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a liver run folder")
+    parser.add_argument(
+        "--on",
+        choices=("validation", "training"),
+        default="validation",
+        help="the cases ranked and scored (training: how well the network fits its own data)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
@@ -78,12 +84,14 @@ def main() -> None:
         return np.asarray(case.image[0], dtype=np.float32), np.asarray(case.label)
 
     offsets = np.round(np.arange(0.0, 1.51, 0.05), 2)
-    train = [arrays(c) for c in info.extra.get("train_cases", [])]
+    train_cases = info.extra.get("train_cases", [])
+    train = [arrays(c) for c in train_cases]
     train_dice = [float(np.mean([rule_dice(i, lab, t) for i, lab in train])) for t in offsets]
     offset = float(offsets[int(np.argmax(train_dice))])
 
     rows = []
-    for case_id in info.validation_cases:
+    scored_cases = info.validation_cases if args.on == "validation" else train_cases
+    for case_id in scored_cases:
         image, label = arrays(case_id)
         probs = predict_volume(model, cache.case(case_id).image)
         organ = label > 0
@@ -116,6 +124,7 @@ def main() -> None:
                 "rule_offset": offset,
                 "rule_train_dice": round(max(train_dice), 4),
                 "training_cases": len(train),
+                "scored": args.on,
                 "mean": mean,
                 "cases": rows,
                 "seconds": round(time.perf_counter() - started, 1),

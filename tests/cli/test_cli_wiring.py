@@ -1,5 +1,6 @@
-"""Each option of `braver train` reaches the library call it names (the calls are spied on:
-no data is prepared and nothing is trained, so these run in well under a second)."""
+"""Each option of `braver train` and `braver transfer` reaches the library call it names (the
+calls are spied on: no data is prepared and nothing is trained, so these run in well under a
+second); `braver prune --list` shows every column of every weight layer."""
 
 from pathlib import Path
 
@@ -192,3 +193,32 @@ def test_transfer_hands_every_option_to_the_plan_the_cache_and_the_study(
     assert calls["plan"][1]["runs"] == Path("runs") and "Starting from" not in result.output
     assert calls["run"][1]["out"] == Path("runs") and calls["run"][1]["device"] is None
     assert spies["cache"][1][2]["workers"] == 1
+
+
+def test_prune_list_shows_each_layers_shape_parameters_and_operations(tmp_path, monkeypatch):
+    from seeded import randomised
+
+    from braver.cli._common import console
+    from braver.runs import RunInfo, save_run_info, save_weights
+    from braver.surgery import layer_table
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    model = randomised("twopath", 0, dropout=0.0)
+    save_weights(folder, model)
+    save_run_info(folder, RunInfo(kind="brain", model=model.config, label_scheme={}, channels=[]))
+    monkeypatch.setattr(console, "width", 250)  # one table row a line
+    result = runner.invoke(app, ["prune", str(folder), "--list", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(line for line in lines if "layer" in line and "weights" in line)
+    for title in ("layer", "weights", "params", "identity", "same shape (switch, copy)"):
+        assert title in header
+    rows = layer_table(model)
+    assert {row["identity"] for row in rows} >= {"yes"} and len(rows) >= 4
+    for row in rows:
+        cells = [row["layer"], row["weights"], f"{row['params']:,}", row["identity"]]
+        cells.append(row["switch_or_copy_with"])
+        (line,) = [line for line in lines if f" {row['layer']} " in line]
+        positions = [line.index(cell) for cell in cells]
+        assert positions == sorted(positions), line

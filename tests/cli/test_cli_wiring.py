@@ -1,6 +1,6 @@
-"""Each option of `braver train` and `braver transfer` reaches the library call it names (the
-calls are spied on: no data is prepared and nothing is trained, so these run in well under a
-second); `braver prune --list` shows every column of every weight layer."""
+"""Each option of `braver train`, `braver transfer` and `braver evaluate` reaches the library
+call it names (the calls are spied on: no data is prepared, nothing is trained or predicted, so
+these run in about a second); `braver prune --list` shows every column of every weight layer."""
 
 from pathlib import Path
 
@@ -222,3 +222,97 @@ def test_prune_list_shows_each_layers_shape_parameters_and_operations(tmp_path, 
         (line,) = [line for line in lines if f" {row['layer']} " in line]
         positions = [line.index(cell) for cell in cells]
         assert positions == sorted(positions), line
+
+
+def _run(folder, kind, seconds):
+    """A finished run folder of ``kind`` whose weights were written ``seconds`` after 1e9."""
+    import os
+
+    from braver.data.labels import BRATS_2021
+    from braver.runs import RunInfo, save_run_info
+
+    folder.mkdir(parents=True)
+    info = RunInfo(kind=kind, model={}, label_scheme=BRATS_2021.to_json(), channels=[])
+    save_run_info(folder, info)
+    (folder / "model.safetensors").write_bytes(b"")
+    os.utime(folder / "model.safetensors", (1e9 + seconds, 1e9 + seconds))
+    return folder
+
+
+@pytest.fixture
+def evaluation(monkeypatch):
+    """evaluate_run, evaluate_predictions, overlay_writer and write_evaluation as recorders."""
+    import braver.evaluation
+
+    calls = {}
+
+    def recorder(name, value):
+        def record(*args, **kwargs):
+            calls.setdefault(name, []).append((args, kwargs))
+            return value
+
+        monkeypatch.setattr(braver.evaluation, name, record)
+
+    recorder("evaluate_run", "EVALUATION")
+    recorder("evaluate_predictions", "EVALUATION")
+    recorder("overlay_writer", "OVERLAYS")
+    recorder("write_evaluation", None)
+    return calls
+
+
+def test_evaluate_hands_every_option_to_evaluate_run(evaluation, tmp_path):
+    from braver.cli.predict import case_progress
+    from braver.postprocess import NONE
+
+    brain = _run(tmp_path / "runs" / "b", "brain", 1)
+    _run(tmp_path / "runs" / "l", "liver", 2)  # newer, of another kind
+    args = [
+        "evaluate", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+        "--format", "brats", "--device", "cpu", "--batch-size", "3", "--tta", "--no-overlays",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ((args_, kwargs),) = evaluation["evaluate_run"]
+    assert args_ == (brain,)  # the latest brain run, not the newer liver one
+    assert kwargs == {
+        "data": tmp_path / "data", "format": "brats", "device": "cpu", "batch_size": 3,
+        "tta": True, "postprocess": None, "progress": case_progress, "on_case": None,
+    }  # fmt: skip
+    ((args_, kwargs),) = evaluation["write_evaluation"]
+    assert args_[0] == "EVALUATION" and args_[1].parent == brain
+    assert args_[1].name.startswith("eval-") and kwargs["console"] is not None
+    assert "overlays" not in evaluation
+    # the defaults: the run's post-processing, overlays beside the metrics; or none of it
+    result = runner.invoke(app, ["evaluate", str(brain), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    kwargs = evaluation["evaluate_run"][1][1]
+    assert (kwargs["postprocess"], kwargs["on_case"], kwargs["tta"]) == (None, "OVERLAYS", False)
+    assert (kwargs["device"], kwargs["format"], kwargs["batch_size"]) == ("auto", None, None)
+    assert evaluation["overlay_writer"] == [((tmp_path / "o",), {})]
+    assert evaluation["write_evaluation"][1][0][1] == tmp_path / "o"
+    result = runner.invoke(app, ["evaluate", str(brain), "--no-postprocess"])
+    assert result.exit_code == 0, result.output
+    assert evaluation["evaluate_run"][2][1]["postprocess"] == NONE
+
+
+def test_evaluate_scores_existing_segmentations_with_their_options(
+    evaluation, tmp_path, monkeypatch
+):
+    from braver.cli.predict import case_progress
+
+    monkeypatch.chdir(tmp_path)
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    args = ["evaluate", "--pred", str(pred), "--truth", str(truth), "--format", "msd"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert evaluation["evaluate_predictions"] == [
+        ((pred, truth), {"format": "msd", "progress": case_progress, "on_case": "OVERLAYS"})
+    ]
+    assert evaluation["overlay_writer"] == [((Path("eval"),), {})]
+    assert evaluation["write_evaluation"][0][0] == ("EVALUATION", Path("eval"))
+    result = runner.invoke(app, [*args[:5], "--no-overlays", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert evaluation["evaluate_predictions"][1][1]["on_case"] is None
+    assert evaluation["evaluate_predictions"][1][1]["format"] is None
+    assert evaluation["write_evaluation"][1][0][1] == tmp_path / "o"
+    assert "evaluate_run" not in evaluation

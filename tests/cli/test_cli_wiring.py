@@ -1,4 +1,4 @@
-"""Each option of `braver train`, `braver transfer` and `braver evaluate` reaches the library
+"""Each option of `braver train`, `transfer`, `evaluate` and `predict` reaches the library
 call it names (the calls are spied on: no data is prepared, nothing is trained or predicted, so
 these run in about a second); `braver prune --list` shows every column of every weight layer."""
 
@@ -316,3 +316,72 @@ def test_evaluate_scores_existing_segmentations_with_their_options(
     assert evaluation["evaluate_predictions"][1][1]["format"] is None
     assert evaluation["write_evaluation"][1][0][1] == tmp_path / "o"
     assert "evaluate_run" not in evaluation
+
+
+def test_predict_hands_every_option_to_predict_case_and_tables_each_case(tmp_path, monkeypatch):
+    import csv
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    import braver.data.formats
+    import braver.inference
+    import braver.runs
+    from braver.postprocess import NONE, run_options
+
+    run = _run(tmp_path / "runs" / "b", "brain", 1)
+    info = braver.runs.load_run_info(run)
+    info.extra["postprocess"] = {"min_component_voxels": 7}
+    calls = {"discover": [], "load": [], "predict": []}
+
+    def discover_inputs(inputs, format):
+        calls["discover"].append((inputs, format))
+        return [SimpleNamespace(case_id="c1")]
+
+    def load_model(folder, device):
+        calls["load"].append((folder, device))
+        return "MODEL", info
+
+    def predict_case(model, given, case, **kwargs):
+        calls["predict"].append((model, given, case.case_id, kwargs))
+        out = kwargs["out_dir"] / "c1_seg.nii.gz"
+        return SimpleNamespace(segmentation=np.array([[0, 1], [1, 2]]), written=[out])
+
+    monkeypatch.setattr(braver.data.formats, "discover_inputs", discover_inputs)
+    monkeypatch.setattr(braver.runs, "load_model", load_model)
+    monkeypatch.setattr(braver.inference, "predict_case", predict_case)
+    out = tmp_path / "out"
+    out.mkdir()  # an existing folder is fine
+    inputs = tmp_path / "case"
+    args = [
+        "predict", str(run), str(inputs), "--out", str(out), "--format", "brats",
+        "--batch-size", "5", "--tta", "--probabilities", "--device", "cpu",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert calls["discover"] == [([inputs], "brats")]
+    assert calls["load"] == [(run, "cpu")]
+    ((model, given, case, kwargs),) = calls["predict"]
+    assert (model, given, case) == ("MODEL", info, "c1")
+    assert callable(kwargs.pop("progress"))
+    assert kwargs == {
+        "out_dir": out, "probabilities": True, "device": torch.device("cpu"), "batch_size": 5,
+        "tta": True, "postprocess": run_options(info),
+    }  # fmt: skip
+    assert kwargs["postprocess"].min_component_voxels == 7  # the run's own post-processing
+    (row,) = csv.DictReader((out / "predictions.csv").open())
+    assert (row["case"], row["shape"], row["labels"]) == ("c1", "2×2", "0:1 1:2 2:1")
+    assert row["segmentation"] == "c1_seg.nii.gz"
+    # the defaults; --no-postprocess; a file as --out is refused
+    result = runner.invoke(app, ["predict", str(run), str(inputs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    kwargs = calls["predict"][1][3]
+    assert (kwargs["probabilities"], kwargs["tta"], kwargs["batch_size"]) == (False, False, None)
+    assert calls["discover"][1][1] is None
+    result = runner.invoke(app, [*args[:5], "--no-postprocess"])
+    assert result.exit_code == 0, result.output
+    assert calls["predict"][2][3]["postprocess"] == run_options(info, NONE)
+    (tmp_path / "file").write_text("")
+    result = runner.invoke(app, [*args[:3], "--out", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "exists and is not a folder" in result.output

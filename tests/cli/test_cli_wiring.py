@@ -222,6 +222,14 @@ def test_prune_list_shows_each_layers_shape_parameters_and_operations(tmp_path, 
         (line,) = [line for line in lines if f" {row['layer']} " in line]
         positions = [line.index(cell) for cell in cells]
         assert positions == sorted(positions), line
+    # without RUN: the latest brain run under --runs, not a newer run of another kind
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    folder.rename(runs / "brain")
+    _run(runs / "liver", "liver", 10**9)
+    result = runner.invoke(app, ["prune", "--list", "--runs", str(runs), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "brain: twopath weight layers" in result.output
 
 
 def _run(folder, kind, seconds):

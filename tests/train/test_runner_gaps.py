@@ -70,6 +70,7 @@ def test_a_cascade_checkpoints_its_first_fit_resumes_it_and_records_its_kept_epo
     )
     assert "after nothing finished, 1 epochs of first" in out.getvalue()
     assert "not trained alone" not in out.getvalue()
+    assert f"Done {folder}" in " ".join(out.getvalue().split())
     assert _stages(folder) == ["first.stage1", "first.stage2", "stage1", "stage2"]
     progress = _progress(folder)
     assert progress["finished"] == ["first", "main"] and progress["done"] is True
@@ -77,6 +78,7 @@ def test_a_cascade_checkpoints_its_first_fit_resumes_it_and_records_its_kept_epo
     # the kept epochs of both fits: the first network's (found as CascadeFirst; its stage 2,
     # trained by this process, counted from the first fit's start) and the main fit's
     kept = info["extra"]["kept_epochs"]
+    assert "postprocess" not in info["extra"]  # evaluate=False: nothing chosen on volumes
     assert (kept["first.stage2"], kept["stage1"], kept["stage2"]) == (1, 0, 1)
 
 
@@ -138,11 +140,14 @@ def test_a_run_that_rolls_back_once_and_recovers_records_the_rollback(
         shipped_recipe("brain"),
         [*TINY, "stage1.epochs=3", "optim.divergence_retries=1", "optim.lr=0.01"],
     )
+    model = runner.recipe_model(recipe, tiny_cache)
     with pytest.warns(UserWarning, match="stage1 epoch 1 diverged"):
         folder = runner.train_from_recipe(
             recipe, cache=tiny_cache.root, out=tmp_path, evaluate=False, wandb=True,
-            callbacks=[_Blow(at=[1])],
+            callbacks=[_Blow(at=[1])], model=model,
         )  # fmt: skip
+    # the network handed in comes back whole and trainable (stage 2 froze all but its output)
+    assert all(p.requires_grad for p in model.parameters())
     info = json.loads((folder / "run.json").read_text())
     assert info["extra"]["diverged"] is False
     assert [(r["stage"], r["epoch"]) for r in info["extra"]["rollbacks"]] == [("stage1", 1)]
@@ -233,3 +238,20 @@ def test_select_weights_scores_the_recipes_cases_device_and_tempering(monkeypatc
     said = console.file.getvalue()
     assert f"Choosing the weights on {len(chosen)} validation volumes" in said
     assert "kept stage1 (mean Dice stage1 0.500, stage2 0.250)" in said
+
+
+def test_a_new_run_goes_to_runs_by_default(tiny_cache, tmp_path, monkeypatch):
+    """Stopped as its callbacks are made (no fit): the run folder is under ./runs."""
+    from pathlib import Path
+
+    class Stop(Exception):
+        pass
+
+    def stop(recipe, folder, *args):
+        raise Stop(folder)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "_run_callbacks", stop)
+    with pytest.raises(Stop) as stopped:
+        runner.train_from_recipe(load_recipe(shipped_recipe("brain"), TINY), cache=tiny_cache)
+    assert stopped.value.args[0].parent == Path("runs")

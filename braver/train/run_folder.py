@@ -34,10 +34,19 @@ class Checkpoint(Callback):
         self.state["epochs_done"] = getattr(learn, "epoch_offset", 0) + self.epoch + 1
         self.state["stage"] = getattr(learn, "stage", None)
         self.state["stage2_start"] = getattr(learn, "stage2_start", None)
+        self._record_kept()
         if getattr(learn, "rank", 0) == 0:
             save_checkpoint(self.folder, self.full_model, self.state)
 
+    def _record_kept(self) -> None:
+        # the epochs the stages ended so far kept (KeepBest): a resumed process trains only
+        # the rest, so run.json takes the earlier ones from here
+        kept = getattr(self.learn, "kept", {})
+        if kept:
+            self.state["kept_epochs"] = {**self.state.get("kept_epochs", {}), **kept}
+
     def after_fit(self):
+        self._record_kept()
         if self.fit_name not in self.state["finished"]:
             self.state["finished"].append(self.fit_name)
         self.state.update(fit=None, epochs_done=0, stage=None, stage2_start=None)

@@ -201,6 +201,11 @@ def train_from_recipe(
             folder,
             f"lower the learning rate, e.g. --set optim.lr={recipe.optim.lr / 5:g}",
         )
+    # stages an interrupted process ended first (progress.json), then this process's own
+    info.extra["kept_epochs"] = {
+        **state.get("kept_epochs", {}),
+        **info.extra.get("kept_epochs", {}),
+    }
     record_fit(info, learn, first, round(time.time() - started, 1), trainable_log)
     maps: dict = {}  # class maps of validation cases predicted with the final weights
     if recipe.select.by == "volume" and valid_cases and evaluate:

@@ -328,6 +328,10 @@ def test_a_run_interrupted_in_stage_two_resumes_in_stage_two(tiny_cache, tmp_pat
         ("stage1", "0"), ("stage1", "1"), ("stage2", "2"), ("stage2", "3"),
     ]  # fmt: skip
     assert len(watch.lrs) == 1  # only the last stage-2 epoch was trained again
+    # stage 1 ended in the interrupted process: run.json still says which epoch it kept
+    kept = json.loads((folder / "run.json").read_text())["extra"]["kept_epochs"]
+    assert set(kept) == {"stage1", "stage2"}
+    assert kept["stage1"] in (0, 1) and kept["stage2"] in (2, 3)
     from braver.train.stages import paper_lr
 
     # the schedule goes on inside stage 2 (its second epoch), it does not start stage 2 anew

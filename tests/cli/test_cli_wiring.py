@@ -196,10 +196,9 @@ def test_transfer_hands_every_option_to_the_plan_the_cache_and_the_study(
     assert spies["cache"][1][2]["workers"] == 1
 
 
-def test_prune_list_shows_each_layers_shape_parameters_and_operations(tmp_path, monkeypatch):
+def test_prune_list_shows_each_layers_shape_parameters_and_operations(tmp_path):
     from seeded import randomised
 
-    from braver.cli._common import console
     from braver.runs import RunInfo, save_run_info, save_weights
     from braver.surgery import layer_table
 
@@ -208,8 +207,11 @@ def test_prune_list_shows_each_layers_shape_parameters_and_operations(tmp_path, 
     model = randomised("twopath", 0, dropout=0.0)
     save_weights(folder, model)
     save_run_info(folder, RunInfo(kind="brain", model=model.config, label_scheme={}, channels=[]))
-    monkeypatch.setattr(console, "width", 250)  # one table row a line
-    result = runner.invoke(app, ["prune", str(folder), "--list", "--device", "cpu"])
+    # one table row a line; the console sizes itself from $COLUMNS at each print (patching
+    # its width would leave it fixed for the tests that follow)
+    result = runner.invoke(
+        app, ["prune", str(folder), "--list", "--device", "cpu"], env={"COLUMNS": "250"}
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     header = next(line for line in lines if "layer" in line and "weights" in line)

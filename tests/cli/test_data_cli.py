@@ -320,3 +320,46 @@ def test_brats2013_notes_are_printed(tmp_path):
     result = invoke("inspect", tmp_path / "data")
     assert result.exit_code == 0, result.output
     assert "note: 0001: T1 is there raw" in " ".join(result.output.split())
+
+
+def test_prepare_hands_every_option_to_prepare_dataset(brain, tmp_path, monkeypatch):
+    """Each option of `braver data prepare` reaches the settings, folder and worker count
+    that prepare_dataset is given (spied: nothing is prepared)."""
+    import braver.preprocess
+    from braver.preprocess import PrepareSettings
+    from braver.preprocess.pipeline import PrepareReport
+
+    calls = []
+
+    def spy(dataset, out, settings, *, workers, progress, console):
+        calls.append((dataset.root, out, settings, workers, progress, console))
+        return PrepareReport(out)
+
+    monkeypatch.setattr(braver.preprocess, "prepare_dataset", spy)
+    out = tmp_path / "cache"
+    result = invoke(
+        "prepare", brain, "--out", out, "--workers", 3, "--clip", "2,98.5",
+        "--hu-window", "-100,250", "--spacing", 1.5, "--n4-channels", "t1,t2",
+        "--ct-normalisation", "unit",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "0 prepared, 0 up to date, 0 failed" in " ".join(result.output.split())
+    (root, given_out, settings, workers, progress, console), *_ = calls
+    assert (root, given_out, workers, progress) == (brain, out, 3, True)
+    assert console is not None
+    assert settings == PrepareSettings(
+        n4=True,
+        n4_channels=("t1", "t2"),
+        clip_percentiles=(2.0, 98.5),
+        hu_window=(-100.0, 250.0),
+        target_spacing_mm=1.5,
+        ct_normalisation="unit",
+    )
+    # without options: braver's defaults, N4 as the modality decides, every core up to 8
+    calls.clear()
+    assert invoke("prepare", brain, "--out", out).exit_code == 0
+    (_, _, settings, workers, _, _), *_ = calls
+    assert settings == PrepareSettings(n4=None)
+    assert workers == braver.preprocess.default_workers()
+    assert invoke("prepare", brain, "--out", out, "--no-n4").exit_code == 0
+    assert calls[-1][2] == PrepareSettings(n4=False)

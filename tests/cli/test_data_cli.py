@@ -363,3 +363,50 @@ def test_prepare_hands_every_option_to_prepare_dataset(brain, tmp_path, monkeypa
     assert workers == braver.preprocess.default_workers()
     assert invoke("prepare", brain, "--out", out, "--no-n4").exit_code == 0
     assert calls[-1][2] == PrepareSettings(n4=False)
+
+
+def test_synth_hands_every_option_to_the_phantom_writers(tmp_path, monkeypatch):
+    """Each option of `braver data synth` reaches synth_brain / synth_liver (spied: nothing
+    is written), and their defaults are the library's shapes."""
+    from braver.data import phantoms
+
+    calls = []
+
+    def spy(name):
+        def write(out, cases, seed, shape, **kwargs):
+            calls.append((name, out, cases, seed, shape, kwargs))
+            return out
+
+        return write
+
+    monkeypatch.setattr(phantoms, "synth_brain", spy("brain"))
+    monkeypatch.setattr(phantoms, "synth_liver", spy("liver"))
+    out = tmp_path / "set"
+    result = invoke(
+        "synth", "brain", out, "--cases", 3, "--seed", 5, "--shape", "20x24x16",
+        "--overwrite", "--with-skull", "--difficulty", "realistic",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"wrote 3 realistic brain phantom case(s) to {out}" in " ".join(result.output.split())
+    assert calls.pop() == (
+        "brain", out, 3, 5, (20, 24, 16),
+        {"overwrite": True, "progress": False, "skull_stripped": False,
+         "difficulty": "realistic"},
+    )  # fmt: skip
+    assert invoke("synth", "brain", out).exit_code == 0
+    assert calls.pop() == (
+        "brain", out, 10, 0, phantoms.BRAIN_SHAPE,
+        {"overwrite": False, "progress": False, "skull_stripped": True, "difficulty": "easy"},
+    )  # fmt: skip
+    result = invoke("synth", "liver", out, "--cases", 2, "--seed", 7, "--shape", "30x30x12",
+                    "--overwrite", "--difficulty", "realistic")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls.pop() == (
+        "liver", out, 2, 7, (30, 30, 12),
+        {"overwrite": True, "progress": False, "difficulty": "realistic"},
+    )  # fmt: skip
+    assert invoke("synth", "liver", out).exit_code == 0
+    assert calls.pop() == (
+        "liver", out, 10, 0, phantoms.LIVER_SHAPE,
+        {"overwrite": False, "progress": False, "difficulty": "easy"},
+    )  # fmt: skip

@@ -6,7 +6,8 @@ by its channels' intensities, each also smoothed in plane at three scales (Gauss
 classifier (scikit-learn's ``HistGradientBoostingClassifier``, class-balanced, on voxels drawn
 evenly per class from the training cases) labels the validation volumes, its probabilities
 moved to the training cases' class frequencies by Bayes' rule (``voxels``; as trained:
-``voxels_balanced``). It and the run's network are scored on whole volumes with no post-processing, region by region.
+``voxels_balanced``). It and the run's network are scored (and their voxel confusion matrices
+summed: rows the true class, columns the class found) on whole volumes with no post-processing, region by region.
 
 What it tells: where the voxel classifier scores far below the network, the network uses
 shape and context; where it scores as high or higher, the network is not using a cue that
@@ -97,6 +98,8 @@ def main() -> None:
     # the training cases' natural prior (Bayes' rule), as stage 2 calibrates the network
     log_prior = np.log(np.maximum(totals, 1) / totals.sum())
     rows = {"voxels": [], "voxels_balanced": [], "network": []}
+    k = scheme.num_classes
+    confusion = {name: np.zeros((k, k), dtype=np.int64) for name in rows}  # truth x found
     for case_id in info.validation_cases:
         case = cache.case(case_id)
         feats = features(case.image)
@@ -107,7 +110,11 @@ def main() -> None:
             found[name] = np.zeros(foreground.shape, dtype=np.uint8)
             found[name][foreground] = classifier.classes_[(log_p + shift).argmax(1)]
         found["network"] = predict_volume(model, case.image).argmax(0).astype(np.uint8)
+        truth = np.asarray(case.label).ravel().astype(np.int64)
         for name, classes in found.items():
+            confusion[name] += np.bincount(truth * k + classes.ravel(), minlength=k * k).reshape(
+                k, k
+            )
             scored = score_classes(case, classes, scheme, NONE).row
             rows[name].append({k: v for k, v in scored.items() if k.endswith("_dice")})
         print(
@@ -133,6 +140,8 @@ def main() -> None:
                 "fit_seconds": round(fit_seconds, 1),
                 "validation_cases": list(info.validation_cases),
                 "dice": mean,
+                "classes": list(scheme.class_names),
+                "confusion": {name: m.tolist() for name, m in confusion.items()},
                 "seconds": round(time.perf_counter() - started, 1),
                 "load_average_end": [round(v, 2) for v in os.getloadavg()],
             }

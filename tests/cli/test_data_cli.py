@@ -363,6 +363,15 @@ def test_prepare_hands_every_option_to_prepare_dataset(brain, tmp_path, monkeypa
     assert workers == braver.preprocess.default_workers()
     assert invoke("prepare", brain, "--out", out, "--no-n4").exit_code == 0
     assert calls[-1][2] == PrepareSettings(n4=False)
+    # a forced layout is the one discovered, and bad numbers are one sentence naming the option
+    assert_clean_error(
+        invoke("prepare", brain, "--out", out, "--format", "lits"), "no cases in the lits layout"
+    )
+    for option, value in (("--clip", "1"), ("--clip", "a,b"), ("--hu-window", "-100")):
+        result = invoke("prepare", brain, "--out", out, option, value)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert f"{option} takes 2 numbers, e.g. -200,300" in " ".join(result.output.split())
+    assert len(calls) == 2  # none of them reached prepare_dataset
 
 
 def test_synth_hands_every_option_to_the_phantom_writers(tmp_path, monkeypatch):
@@ -388,6 +397,7 @@ def test_synth_hands_every_option_to_the_phantom_writers(tmp_path, monkeypatch):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"wrote 3 realistic brain phantom case(s) to {out}" in " ".join(result.output.split())
+    assert all(type(side) is int for side in calls[-1][4])  # whole voxels, not floats
     assert calls.pop() == (
         "brain", out, 3, 5, (20, 24, 16),
         {"overwrite": True, "progress": False, "skull_stripped": False,

@@ -9,27 +9,13 @@ from types import SimpleNamespace
 import pytest
 from fastai.callback.core import Callback
 from rich.console import Console
+from tiny import TINY as TINY_RUN
 
 from braver.errors import BraverError
 from braver.recipe import load_recipe, shipped_recipe
 from braver.train import runner
 
-TINY = [
-    "data.mode=tile",
-    "data.tile=4",
-    "data.batch_size=2",
-    "data.validation_fraction=0.25",
-    "data.validation_patches=4",
-    "stage1.epochs=1",
-    "stage1.patches_per_epoch=4",
-    "stage2.epochs=1",
-    "stage2.patches_per_epoch=4",
-    "cascade.first_epochs=1",
-    "cascade.first_patches_per_epoch=4",
-    "cascade.first_stage2_epochs=1",
-    "model.dropout=0.0",
-    "select.by=last",
-]
+TINY = [*TINY_RUN, "select.by=last"]
 
 
 def _stages(folder):

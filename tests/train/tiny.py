@@ -10,6 +10,23 @@ import numpy as np
 from braver.data.cache import Cache, write_case, write_summary
 from braver.data.labels import BRATS_2021
 
+#: a recipe's --set values for one short fit on the tiny cache (every stage, cascades too)
+TINY = [
+    "data.mode=tile",
+    "data.tile=4",
+    "data.batch_size=2",
+    "data.validation_fraction=0.25",
+    "data.validation_patches=4",
+    "stage1.epochs=1",
+    "stage1.patches_per_epoch=4",
+    "stage2.epochs=1",
+    "stage2.patches_per_epoch=4",
+    "cascade.first_epochs=1",
+    "cascade.first_patches_per_epoch=4",
+    "cascade.first_stage2_epochs=1",
+    "model.dropout=0.0",
+]
+
 
 def write_tiny_cache(root, cases: int = 4, shape=(4, 40, 40), seed: int = 0) -> Cache:
     """Round head (foreground), a tumour of three nested classes, each bright in one channel."""

@@ -241,3 +241,34 @@ def test_a_new_run_goes_to_runs_by_default(tiny_cache, tmp_path, monkeypatch):
     with pytest.raises(Stop) as stopped:
         runner.train_from_recipe(load_recipe(shipped_recipe("brain"), TINY), cache=tiny_cache)
     assert stopped.value.args[0].parent == Path("runs")
+
+
+class _InterruptMain(Callback):
+    """Stops the process after the main fit's first checkpoint (the first network is done)."""
+
+    order = 75  # after Checkpoint (70)
+
+    def after_epoch(self):
+        if not str(getattr(self.learn, "stage", "")).startswith("first."):
+            raise KeyboardInterrupt
+
+
+def test_a_cascade_resumed_in_its_main_fit_still_records_the_first_networks_kept_epochs(
+    tiny_cache, tmp_path
+):
+    """The first fit ended in the interrupted process: progress.json carries what its stages
+    kept (recorded as that fit ended), and the resumed run's run.json lists them."""
+    recipe = load_recipe(shipped_recipe("brain"), [*TINY, "model.name=mf_cascade"])
+    with pytest.raises(KeyboardInterrupt):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache.root, out=tmp_path / "runs", evaluate=False,
+            callbacks=[_InterruptMain()],
+        )  # fmt: skip
+    (folder,) = (tmp_path / "runs").iterdir()
+    progress = _progress(folder)
+    assert progress["finished"] == ["first"] and progress["fit"] == "main"
+    assert {"first.stage1", "first.stage2"} <= set(progress["kept_epochs"])
+    runner.train_from_recipe(recipe, resume=folder, evaluate=False)
+    kept = json.loads((folder / "run.json").read_text())["extra"]["kept_epochs"]
+    assert (kept["first.stage1"], kept["first.stage2"]) == (0, 1)
+    assert "stage2" in kept

@@ -9,6 +9,7 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import save_file
+from tiny import TINY
 
 from braver.data.cache import Cache, write_case, write_summary
 from braver.data.labels import BRATS_2021
@@ -18,6 +19,9 @@ from braver.models import create_model
 from braver.recipe import load_recipe, shipped_recipe
 from braver.runs import RunInfo, save_run_info
 from braver.train import runner
+
+#: one short fit's recipe values, three epochs in all (the fit itself is replaced)
+TINY_FIT = [*TINY, "stage1.epochs=2"]
 
 
 def brain(*overrides):
@@ -386,3 +390,243 @@ def test_train_from_recipe_hands_its_arguments_to_its_steps(tiny_cache, tmp_path
     assert (args[5], args[6], args[7], args[8]) == (console, True, False, {"setup": "s"})
     assert info.extra["setup"] == "s" and info.cache == str(tiny_cache.root)
     assert "Run folder" in console.file.getvalue()
+
+
+def _spy_on(monkeypatch, calls, *names):
+    """Record each named step's arguments and result (the step still runs)."""
+    for name in names:
+        real = getattr(runner, name)
+
+        def spy(*args, _name=name, _real=real, **kwargs):
+            calls[_name] = (args, kwargs)
+            calls[_name + "()"] = _real(*args, **kwargs)
+            return calls[_name + "()"]
+
+        monkeypatch.setattr(runner, name, spy)
+
+
+def _fit_with(monkeypatch, calls, fit):
+    """The learner's fit replaced by ``fit(learn, *args, **kwargs)`` (no training)."""
+    real = runner.recipe_learner
+
+    def learner(*args, **kwargs):
+        calls["recipe_learner"] = (args, kwargs)
+        learn = calls["recipe_learner()"] = real(*args, **kwargs)
+
+        def fake_fit(*fit_args, **fit_kwargs):
+            calls["fit"] = (fit_args, fit_kwargs)
+            fit(learn, *fit_args, **fit_kwargs)
+
+        learn.fit = fake_fit
+        return learn
+
+    monkeypatch.setattr(runner, "recipe_learner", learner)
+
+
+def _stop(*args, **kwargs):
+    raise _Stop
+
+
+def test_train_from_recipe_wires_a_new_run_into_its_fit(tiny_cache, tmp_path, monkeypatch):
+    from braver.train.compose import Distributed
+
+    calls = {}
+    _spy_on(
+        monkeypatch, calls, "new_start", "class_frequencies", "starting_model", "_new_run",
+        "new_run_info", "_announce_model", "recipe_dataloaders", "_announce_flips",
+        "freeze_groups", "_run_callbacks", "recipe_callbacks",
+    )  # fmt: skip
+    _fit_with(monkeypatch, calls, _stop)
+    recipe = brain(*TINY_FIT)
+    given = runner.recipe_model(recipe, tiny_cache, [0.25] * 4)
+    console = Console(file=io.StringIO())  # not a terminal: no progress bar unless asked
+    extra = object()  # a callback of the caller's
+    with pytest.raises(_Stop):
+        runner.train_from_recipe(
+            recipe, cache=tiny_cache, out=tmp_path / "runs", data="raw/brats", console=console,
+            model=given, freeze=["global"], keep_trainable=["global.conv1.bias"],
+            run_extra={"setup": "s"}, callbacks=[extra],
+        )  # fmt: skip
+    start = calls["new_start()"]
+    train, valid = start.train_cases, start.valid_cases
+    assert calls["class_frequencies"] == ((tiny_cache, train), {})
+    frequencies = calls["class_frequencies()"]
+    assert calls["starting_model"] == ((recipe, tiny_cache, frequencies, given, None), {})
+    assert calls["_new_run"] == ((tmp_path / "runs", recipe, Distributed()), {})
+    folder = calls["_new_run()"]
+    assert calls["new_run_info"] == (
+        (recipe, given, tiny_cache, train, valid),
+        {"data": "raw/brats", "device": "cpu", "run_extra": {"setup": "s"}},
+    )
+    info = calls["new_run_info()"]
+    assert (folder / "recipe.toml").read_text() == recipe.to_toml()
+    written = json.loads((folder / "run.json").read_text())
+    assert written["data"] == "raw/brats" and written["extra"]["device"] == "cpu"
+    assert calls["_announce_model"] == ((recipe, given, train, valid, "cpu", console), {})
+    assert calls["recipe_dataloaders"] == (
+        (recipe, tiny_cache, train, valid, given.input_sizes),
+        {"device": "cpu", "dist": Distributed()},
+    )
+    assert calls["_announce_flips"] == ((recipe, given, console), {})
+    assert calls["freeze_groups"] == ((given, ["global"], ["global.conv1.bias"]), {})
+    dls = calls["recipe_dataloaders()"]
+    assert calls["recipe_learner"] == ((recipe, dls, given), {"path": folder, "progress": False})
+    learn = calls["recipe_learner()"]
+    assert learn.rank == 0 and learn.epoch_offset == 0
+    args, _ = calls["_run_callbacks"]
+    assert args == (recipe, folder, info, [], {}, console, False, False, {"setup": "s"})
+    run_callbacks = calls["_run_callbacks()"][0]
+    assert run_callbacks[-1] is extra  # the caller's callbacks join the run's
+    (for_recipe, model), kwargs = calls["recipe_callbacks"]
+    assert for_recipe is recipe and model is given and kwargs["state"] is start.state
+    first_checkpoint, *rest = kwargs["first_callbacks"]
+    assert rest == run_callbacks
+    fit_callbacks = calls["recipe_callbacks()"]
+    (epochs,), fit_kwargs = calls["fit"]
+    assert epochs == recipe.stage1.epochs + recipe.stage2.epochs == 3
+    cbs = fit_kwargs["cbs"]
+    assert cbs[: len(fit_callbacks)] == fit_callbacks and cbs[len(fit_callbacks) + 1 :] == rest
+    main_checkpoint = cbs[len(fit_callbacks)]
+    for checkpoint, fit in ((first_checkpoint, "first"), (main_checkpoint, "main")):
+        assert isinstance(checkpoint, runner.Checkpoint) and checkpoint.fit_name == fit
+        assert checkpoint.folder == folder and checkpoint.full_model is given
+        assert checkpoint.state is start.state
+
+
+def test_train_from_recipe_draws_progress_by_default_only_on_a_terminal(
+    tiny_cache, tmp_path, monkeypatch
+):
+    calls = {}
+    monkeypatch.setattr(runner, "_run_callbacks", lambda *args: calls.update(args=args) or _stop())
+    recipe = brain(*TINY_FIT)
+    for terminal in (False, True):
+        console = Console(file=io.StringIO(), force_terminal=terminal)
+        with pytest.raises(_Stop):
+            runner.train_from_recipe(recipe, cache=tiny_cache, out=tmp_path, console=console)
+        assert calls["args"][6] is terminal
+
+
+def _resumable_run(tiny_cache, tmp_path, monkeypatch, recipe):
+    """A run folder interrupted after two epochs of stage 1 (one kept), with its history,
+    trainable parameters and a checkpoint of seeded weights; returns (folder, weights)."""
+    from braver.runs import load_run_info
+    from braver.train.callbacks import write_history
+
+    calls = {}
+    _fit_with(monkeypatch, calls, _stop)
+    with pytest.raises(_Stop):
+        runner.train_from_recipe(recipe, cache=tiny_cache, out=tmp_path / "runs")
+    monkeypatch.undo()
+    folder = calls["recipe_learner"][1]["path"]
+    progress = {"finished": [], "fit": "main", "epochs_done": 2, "stage": "stage1"}
+    (folder / "progress.json").write_text(json.dumps({**progress, "kept_epochs": {"stage1": 1}}))
+    rows = [{"stage": "stage1", "epoch": str(e), "train_loss": str(1.5 - e / 4)} for e in (0, 1)]
+    write_history(folder / "history.csv", rows)
+    info = load_run_info(folder)
+    info.extra["trainable_parameters"] = {"stage1": 7}
+    save_run_info(folder, info)
+    torch.manual_seed(5)
+    weights = runner.recipe_model(recipe, tiny_cache, [0.25] * 4).state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / runner.CHECKPOINT))
+    return folder, weights
+
+
+def test_train_from_recipe_resumes_and_records_what_its_fit_left(tiny_cache, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from braver import report
+    from braver.train.callbacks import read_history
+
+    recipe = brain(*TINY_FIT)
+    folder, weights = _resumable_run(tiny_cache, tmp_path, monkeypatch, recipe)
+
+    def fit(learn, *args, **kwargs):  # ends stage 2 after one rollback, diverged
+        learn.kept, learn.rollbacks, learn.diverged = {"stage2": 3}, [("stage2", 2)], True
+        learn.network.requires_grad_(False)
+
+    calls, maps = {}, {"tiny01": np.zeros(1)}
+    options = SimpleNamespace(to_dict=lambda: {"min_component_voxels": 25})
+    _fit_with(monkeypatch, calls, fit)
+    _spy_on(monkeypatch, calls, "starting_model", "new_run_info", "_run_callbacks", "record_fit")
+    for name, result in (("_select_weights", maps), ("_choose_postprocess", options)):
+        monkeypatch.setattr(
+            runner, name, lambda *a, _n=name, _r=result, **k: calls.update({_n: (a, k)}) or _r
+        )
+    monkeypatch.setattr(runner, "_finish", lambda *a, **k: calls.update(_finish=(a, k)))
+    monkeypatch.setattr(report, "write_report_html", lambda f: calls.update(report=f))
+    console = Console(file=io.StringIO())
+    assert runner.train_from_recipe(recipe, resume=folder, console=console) == folder
+    assert "Resuming" in console.file.getvalue() and "new_run_info" not in calls
+    (loaded, cache, frequencies, given, checkpoint), _ = calls["starting_model"]
+    assert loaded.to_toml() == recipe.to_toml() and cache.root == tiny_cache.root
+    assert given is None and checkpoint == folder / runner.CHECKPOINT
+    model = calls["starting_model()"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    learn = calls["recipe_learner()"]
+    assert learn.epoch_offset == 2 and calls["fit"][0] == (1,)  # the third epoch of three
+    args, _ = calls["_run_callbacks"]
+    info, history_rows = args[2], args[3]
+    assert history_rows == read_history(folder / "history.csv") and len(history_rows) == 2
+    assert args[4] == {"stage1": 7}
+    (*recorded, seconds, trainable), _ = calls["record_fit"]
+    assert recorded == [info, learn, None] and trainable == {"stage1": 7}
+    assert isinstance(seconds, float) and 0 <= seconds < 60 and seconds == round(seconds, 1)
+    valid = info.validation_cases
+    assert calls["_select_weights"] == (
+        (loaded, model, learn, cache, valid, "cpu", info, console),
+        {},
+    )
+    assert calls["_choose_postprocess"] == (
+        (loaded, model, cache, valid, "cpu", console),
+        {"maps": maps},
+    )
+    assert calls["_finish"] == (
+        (folder, model, cache, valid, history_rows, "cpu", True, console, info),
+        {"postprocess": options, "maps": maps},
+    )
+    assert calls["report"] == folder
+    written = json.loads((folder / "run.json").read_text())["extra"]
+    assert written["kept_epochs"] == {"stage1": 1, "stage2": 3}  # progress.json's and the fit's
+    assert written["rollbacks"] == [["stage2", 2]] and written["diverged"] is True
+    assert written["postprocess"] == {"min_component_voxels": 25}
+    assert written["trainable_parameters"] == {"stage1": 7}
+    assert all(p.requires_grad for p in model.parameters())
+    saved = load_file(str(folder / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    progress = json.loads((folder / "progress.json").read_text())
+    assert progress["done"] is True and progress["diverged"] is True
+    assert not (folder / runner.CHECKPOINT).exists()
+    assert "training diverged" in console.file.getvalue()
+
+
+@pytest.mark.parametrize(
+    "settings, evaluate, chosen",
+    [
+        ([], False, []),  # not evaluating: nothing chosen on the validation volumes
+        (["select.by=last"], True, ["_choose_postprocess"]),
+        ([], True, ["_select_weights", "_choose_postprocess"]),
+    ],
+)
+def test_train_from_recipe_chooses_on_the_validation_volumes_only_when_asked(
+    tiny_cache, tmp_path, monkeypatch, settings, evaluate, chosen
+):
+    from braver import report
+
+    calls = {}
+    _fit_with(monkeypatch, calls, lambda learn, *a, **k: None)
+    options = SimpleNamespace(to_dict=dict)
+    for name, result in (("_select_weights", {}), ("_choose_postprocess", options)):
+        monkeypatch.setattr(
+            runner, name, lambda *a, _n=name, _r=result, **k: calls.update({_n: a}) or _r
+        )
+    monkeypatch.setattr(runner, "_finish", lambda *a, **k: calls.update(_finish=(a, k)))
+    monkeypatch.setattr(report, "write_report_html", lambda f: None)
+    recipe = brain(*TINY_FIT, *settings)
+    runner.train_from_recipe(recipe, cache=tiny_cache, out=tmp_path, evaluate=evaluate)
+    assert [name for name in ("_select_weights", "_choose_postprocess") if name in calls] == chosen
+    args, kwargs = calls["_finish"]
+    assert args[6] is evaluate
+    assert kwargs == {"postprocess": options if chosen else None, "maps": {}}
+    folder = args[0]  # a fit that neither diverged nor rolled back records neither
+    assert "rollbacks" not in json.loads((folder / "run.json").read_text())["extra"]
+    assert json.loads((folder / "progress.json").read_text())["diverged"] is False

@@ -9,6 +9,7 @@ from typing import Annotated
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from braver.errors import BraverError
@@ -29,7 +30,10 @@ class BraverGroup(TyperGroup):
         except BraverError as error:
             if state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            # the sentence is text, not markup: "[transfer]" or a path with brackets stays as is
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

@@ -163,3 +163,38 @@ def test_a_path_is_not_a_run_without_its_run_file(tmp_path):
     assert split_run([run]) == (run, [])
     assert split_run([]) == (None, [])
     assert split_run([Path("nope")]) == (None, [Path("nope")])
+
+
+def test_case_progress_counts_cases_and_shows_the_slices_of_the_current_one(monkeypatch):
+    import braver.cli.predict
+    from braver.cli.predict import case_progress
+
+    calls = []
+
+    class Bar:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            calls.append("closed")
+
+        def add_task(self, description, total):
+            calls.append(("task", description, total))
+            return f"task{len(calls)}"
+
+        def update(self, task, **fields):
+            calls.append((task, fields))
+
+        def advance(self, task):
+            calls.append(("advance", task))
+
+    monkeypatch.setattr(braver.cli.predict, "progress_bar", Bar)
+    with case_progress(3, "cases") as tracker:
+        assert calls == [("task", "cases", 3), ("task", "  slices", None)]
+        callback = tracker.step("case-7")
+        assert calls[-1] == ("task2", {"description": "  case-7", "completed": 0, "total": None})
+        callback(5, 40)
+        assert calls[-1] == ("task2", {"completed": 5, "total": 40})
+        tracker.done()
+        assert calls[-1] == ("advance", "task1")
+    assert calls[-1] == "closed"

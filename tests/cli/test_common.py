@@ -43,6 +43,15 @@ def test_a_braver_error_is_one_red_sentence_and_exit_code_2(failing, monkeypatch
     ]
 
 
+def test_brackets_in_the_sentence_are_printed_as_they_are(failing):
+    failing[0] = BraverError("needs a [transfer] table", "runs/[x]/recipe.toml", "add [transfer]")
+    result = runner.invoke(app, ["train", "brain"], env={"COLUMNS": "250"})
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: runs/[x]/recipe.toml: needs a [transfer] table; add [transfer].\n"
+    )
+
+
 def test_debug_shows_the_error_itself(failing):
     result = runner.invoke(app, ["--debug", "train", "brain"])
     assert isinstance(result.exception, BraverError) and result.exit_code == 1

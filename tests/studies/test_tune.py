@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -430,3 +431,133 @@ def test_tune_liver_searches_one_transfer_setup(tmp_path, monkeypatch, one_threa
     again = runner.invoke(app, [*args, "--space", str(space), "--out", str(out)])
     assert again.exit_code == 2  # the same study without the --set values: refused
     assert "was started with other settings" in " ".join(again.output.split())
+
+
+class _Trainer:
+    """Stands in for ``recipe_trainer`` (no training, a few milliseconds a trial): each trial
+    gets a run folder whose metrics.json holds ten times its learning rate, and its callbacks
+    see one epoch with that value; the trial numbered ``fail`` ends in a BraverError."""
+
+    def __init__(self, fail: int | None = None):
+        self.fail, self.calls = fail, []
+
+    def __call__(self, recipe, out, callbacks):
+        from types import SimpleNamespace
+
+        from fastai.callback.core import CancelFitException
+
+        self.calls.append((recipe, out, callbacks))
+        run = out / f"{recipe.name}-20260101-000000"
+        run.mkdir(parents=True)
+        value = recipe.optim.lr * 10
+        for callback in callbacks:
+            names = ["epoch", "train_loss", "valid_loss", "whole_tumor_dice", "time"]
+            recorder = SimpleNamespace(metric_names=names, log=[0, 1.0, 0.9, value, "0:01"])
+            callback.learn = SimpleNamespace(recorder=recorder)
+            with contextlib.suppress(CancelFitException):  # a pruned epoch ends the fit
+                callback.after_epoch()
+            callback.after_fit()  # optuna.TrialPruned when the pruner said so
+        if recipe.name.endswith(f"trial{self.fail:04d}"):
+            raise BraverError("training diverged", run, "lower the learning rate")
+        (run / "metrics.json").write_text(json.dumps({"whole_tumor_dice": value}))
+        return run
+
+
+class _PruneTrial(optuna.pruners.BasePruner):
+    def __init__(self, number: int):
+        self.number = number
+
+    def prune(self, study, trial) -> bool:
+        return trial.number == self.number
+
+
+def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, monkeypatch):
+    """The study's wiring, with the training stood in for (the slow tests train for real)."""
+    import io
+    import socket
+
+    import tomllib
+    from rich.console import Console
+
+    from braver.studies import tune_results
+    from braver.studies.tune import OptunaPruning
+
+    recipe, folder = _recipe(), tmp_path / "study"
+    space = load_space(space_file, recipe)
+    trainer = _Trainer(fail=3)
+    console = Console(file=io.StringIO(), width=200)
+    options = dict(
+        folder=folder, study_name="s", metric="whole_tumor_dice", seed=0, pruner=_PruneTrial(2),
+        settings={"brain_run": "r1"}, best_tables={"transfer": {"freeze": "local"}},
+        best_command="braver train best.toml --data here", console=console,
+    )  # fmt: skip
+    result = tune(recipe, space, trainer, trials=4, **options)
+    output = console.file.getvalue()
+    assert "Study s" in output and "0 of 4 trials finished" in output
+    study = _load(folder, "s")
+    # a failed trial counts among the trials asked for: 3 of 4 finished, the rest on resuming
+    assert _states(study) == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+    assert study.user_attrs["settings"]["brain_run"] == "r1"
+    # trial 0 is the recipe's own values; every trial trains the recipe with its values
+    assert study.trials[0].params == {"optim.lr": recipe.optim.lr, "model.init": "paper"}
+    for trial, (trained, out, callbacks) in zip(study.trials, trainer.calls, strict=True):
+        assert trained.name == f"{recipe.name}-trial{trial.number:04d}"
+        assert (trained.optim.lr, trained.model.init) == tuple(trial.params.values())
+        assert trained.stage1.epochs == 1 and out == folder / "trials"
+        (pruning,) = callbacks
+        assert isinstance(pruning, OptunaPruning) and pruning.trial.number == trial.number
+        assert (pruning.monitor, pruning.sign) == ("whole_tumor_dice", 1.0)
+        assert trial.user_attrs["run"] == str(out / f"{trained.name}-20260101-000000")
+        assert trial.user_attrs["host"] == socket.gethostname()
+        assert trial.user_attrs["pid"] == os.getpid()
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert [t.value for t in complete] == [
+        pytest.approx(t.params["optim.lr"] * 10) for t in complete
+    ]
+    pruned, failed = study.trials[2], study.trials[3]
+    lr = pruned.params["optim.lr"]
+    assert pruned.intermediate_values == {0: pytest.approx(lr * 10)}
+    written = json.loads((Path(pruned.user_attrs["run"]) / PRUNED_FILE).read_text())
+    assert written == {"trial": 2, "epoch": 0, "monitor": "whole_tumor_dice", "value": lr * 10}
+    assert "trial 2 pruned after epoch 0" in output
+    assert "training diverged" in failed.user_attrs["error"]
+    assert "trial 3 failed" in output
+    best = max(complete, key=lambda t: t.value)
+    assert result.best["trial"] == best.number and result.best["params"] == best.params
+    with open(folder / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["trial"], r["state"]) for r in rows] == [
+        ("0", "complete"), ("1", "complete"), ("2", "pruned"), ("3", "fail")
+    ]  # fmt: skip
+    assert rows[0]["note"] == "recipe's values" and "training diverged" in rows[3]["note"]
+    text = (folder / "best.toml").read_text()
+    assert f"trial {best.number})" in text and "braver train best.toml --data here" in text
+    tuned = tomllib.loads(text)
+    assert tuned["name"] == f"{recipe.name}-tuned" and tuned["transfer"] == {"freeze": "local"}
+    assert tuned["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
+    summary = json.loads((folder / "tune.json").read_text())
+    assert summary["trials"] == {"complete": 2, "pruned": 1, "fail": 1}
+    assert (summary["study"], summary["direction"]) == ("s", "maximize")
+    assert summary["best"]["trial"] == best.number
+    assert (folder / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+    # resumed after a process died in trial 4: it is marked failed, another machine's is not
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}")
+    study = optuna.load_study(study_name="s", storage=storage)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for host, pid in ((socket.gethostname(), dead.pid), ("elsewhere", 1)):
+        trial = study.ask()
+        trial.set_user_attr("host", host)
+        trial.set_user_attr("pid", pid)
+    console.file = io.StringIO()  # the plots were checked above: not drawn again
+    monkeypatch.setattr(tune_results, "plot_history", lambda *args: None)
+    monkeypatch.setattr(tune_results, "param_importances", lambda study: {})
+    tune(recipe, space, trainer, trials=4, **options)
+    output = console.file.getvalue()
+    assert "3 of 4 trials finished, 1 interrupted marked failed" in output
+    study = _load(folder, "s")
+    assert _states(study)[4:] == ["FAIL", "RUNNING", "COMPLETE"]
+    assert study.trials[4].user_attrs["interrupted"] is True
+    assert "interrupted" not in study.trials[5].user_attrs
+    assert len(trainer.calls) == 5  # only trial 6 trained

@@ -630,3 +630,18 @@ def test_train_from_recipe_chooses_on_the_validation_volumes_only_when_asked(
     folder = args[0]  # a fit that neither diverged nor rolled back records neither
     assert "rollbacks" not in json.loads((folder / "run.json").read_text())["extra"]
     assert json.loads((folder / "progress.json").read_text())["diverged"] is False
+
+
+def test_train_from_recipe_refuses_weights_a_fit_left_not_finite(tiny_cache, tmp_path, monkeypatch):
+    def fit(learn, *args, **kwargs):
+        with torch.no_grad():
+            next(learn.network.parameters()).fill_(float("nan"))
+
+    calls = {}
+    _fit_with(monkeypatch, calls, fit)
+    with pytest.raises(BraverError, match="diverged"):
+        runner.train_from_recipe(brain(*TINY_FIT), cache=tiny_cache, out=tmp_path, evaluate=False)
+    folder = calls["recipe_learner"][1]["path"]
+    progress = json.loads((folder / "progress.json").read_text())
+    assert progress["diverged"] is True and "done" not in progress
+    assert not (folder / "model.safetensors").exists()

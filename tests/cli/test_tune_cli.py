@@ -47,8 +47,12 @@ def tuning(monkeypatch, tmp_path):
     monkeypatch.setattr(tuning_module, "transfer_trainer", record("transfer_trainer", "XTRAINER"))
     monkeypatch.setattr(tuning_module, "load_space", record("load_space", real_load_space))
     monkeypatch.setattr(braver.data.sources, "training_cache", record("cache", "CACHE"))
-    opened = SimpleNamespace(scheme=BRATS_2021)
-    monkeypatch.setattr(braver.data.cache.Cache, "open", record("open", opened))
+    calls["open_scheme"] = BRATS_2021  # the scheme of the opened cache; a test may change it
+    monkeypatch.setattr(
+        braver.data.cache.Cache,
+        "open",
+        record("open", lambda path: SimpleNamespace(scheme=calls["open_scheme"])),
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     calls["plan"] = None  # set by a test: what plan_transfer_study returns
 
@@ -149,6 +153,19 @@ def test_a_recipe_file_is_read(tuning, tmp_path):
     expected = load_recipe(mine, [], profile="phantom")
     assert expected != load_recipe(shipped_recipe("brain"), [], profile="phantom")
     assert tuning["tune"][0][0][0] == expected
+
+
+def test_a_recipe_of_another_kind_optimises_its_first_regions_dice(tuning, tmp_path):
+    from braver.data.labels import LIVER
+    from braver.recipe import shipped_recipe
+
+    tuning["open_scheme"] = LIVER  # a cache of other labels: its first region, "liver"
+    lung = tmp_path / "lung.toml"
+    lung.write_text(shipped_recipe("brain").read_text().replace('kind = "brain"', 'kind = "lung"'))
+    result = runner.invoke(app, ["tune", str(lung), "--device", "cpu"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert tuning["tune"][0][0][0].kind == "lung"
+    assert tuning["tune"][0][1]["metric"] == "liver_dice"
 
 
 @pytest.mark.parametrize(

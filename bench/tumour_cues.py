@@ -4,7 +4,11 @@ For each validation case of a liver run (``braver transfer liver``), inside the 
 (labels liver + tumour) the voxels are ranked three ways and each ranking's AUC for "is
 tumour" is printed: the network's tumour probability, darkness (−intensity: most phantom and
 LiTS tumours are hypodense) and the distance from the liver's median intensity (hypo- and
-hyperdense). An AUC of 0.5 is chance, 1 a perfect ranking.
+hyperdense). An AUC of 0.5 is chance, 1 a perfect ranking. Each true tumour (a connected
+component of at least 20 voxels) gets a row too: its size, its contrast (median against the
+liver's median), what the network labels its voxels (background / liver / tumour shares) and
+its mean tumour probability; and the network's false tumour voxels are counted, inside the
+true liver and out.
 
 It also scores a rule that knows the true liver: "tumour = darker than the case's liver median
 by more than t", with one offset t (in the cache's normalised units) chosen on the TRAINING
@@ -55,6 +59,36 @@ def rule_dice(image, label, offsets) -> list[float]:
             1.0 if denominator == 0 else float(2 * (predicted & truth).sum() / denominator)
         )
     return scores
+
+
+def tumour_rows(image, label, probs, min_voxels: int = 20) -> list[dict]:
+    """One row per true tumour component of at least ``min_voxels`` voxels (largest first):
+    voxels, contrast to the liver's median, shares of its voxels predicted each class, mean
+    tumour probability."""
+    import numpy as np
+    from scipy import ndimage
+
+    predicted = probs.argmax(0)
+    liver_median = float(np.median(image[label == 1])) if (label == 1).any() else 0.0
+    components, count = ndimage.label(label == 2)
+    rows = []
+    for index in range(1, count + 1):
+        inside = components == index
+        voxels = int(inside.sum())
+        if voxels < min_voxels:
+            continue
+        shares = np.bincount(predicted[inside], minlength=3)[:3] / voxels
+        rows.append(
+            {
+                "voxels": voxels,
+                "contrast": round(float(np.median(image[inside])) - liver_median, 3),
+                "predicted_background": round(float(shares[0]), 3),
+                "predicted_liver": round(float(shares[1]), 3),
+                "predicted_tumour": round(float(shares[2]), 3),
+                "mean_tumour_probability": round(float(probs[2][inside].mean()), 3),
+            }
+        )
+    return sorted(rows, key=lambda row: -row["voxels"])
 
 
 def main() -> None:
@@ -118,10 +152,15 @@ def main() -> None:
                 ),
                 "tumor_dice_network": round(float(scored.row["tumor_dice"]), 4),
                 "tumor_dice_rule": round(rule_dice(image, label, [offset])[0], 4),
+                "false_tumour_voxels": int(((probs.argmax(0) == 2) & (label != 2)).sum()),
+                "false_tumour_voxels_in_liver": int(((probs.argmax(0) == 2) & (label == 1)).sum()),
+                "tumours": tumour_rows(image, label, probs),
             }
         )
-        print("  ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
-    keys = [k for k in rows[0] if k != "case"]
+        print("  ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "tumours"), flush=True)
+        for tumour_row in rows[-1]["tumours"]:
+            print("    tumour  " + "  ".join(f"{k} {v}" for k, v in tumour_row.items()))
+    keys = [k for k in rows[0] if k not in ("case", "tumours")]
     mean = {k: round(float(np.nanmean([r[k] for r in rows])), 4) for k in keys}
     print(
         json.dumps(

@@ -524,6 +524,7 @@ def _resumable_run(tiny_cache, tmp_path, monkeypatch, recipe):
     write_history(folder / "history.csv", rows)
     info = load_run_info(folder)
     info.extra["trainable_parameters"] = {"stage1": 7}
+    info.extra["kept_epochs"] = {"first.stage2": 4}  # kept epochs run.json has are kept too
     save_run_info(folder, info)
     torch.manual_seed(5)
     weights = runner.recipe_model(recipe, tiny_cache, [0.25] * 4).state_dict()
@@ -586,7 +587,8 @@ def test_train_from_recipe_resumes_and_records_what_its_fit_left(tiny_cache, tmp
     )
     assert calls["report"] == folder
     written = json.loads((folder / "run.json").read_text())["extra"]
-    assert written["kept_epochs"] == {"stage1": 1, "stage2": 3}  # progress.json's and the fit's
+    # run.json's, progress.json's and the fit's
+    assert written["kept_epochs"] == {"first.stage2": 4, "stage1": 1, "stage2": 3}
     assert written["rollbacks"] == [["stage2", 2]] and written["diverged"] is True
     assert written["postprocess"] == {"min_component_voxels": 25}
     assert written["trainable_parameters"] == {"stage1": 7}
@@ -645,3 +647,22 @@ def test_train_from_recipe_refuses_weights_a_fit_left_not_finite(tiny_cache, tmp
     progress = json.loads((folder / "progress.json").read_text())
     assert progress["diverged"] is True and "done" not in progress
     assert not (folder / "model.safetensors").exists()
+
+
+def test_a_run_resumed_after_its_fit_finished_is_not_fitted_again(
+    tiny_cache, tmp_path, monkeypatch
+):
+    from braver import report
+
+    recipe = brain(*TINY_FIT)
+    folder, _ = _resumable_run(tiny_cache, tmp_path, monkeypatch, recipe)
+    # interrupted while choosing its weights: the main fit is over
+    (folder / "progress.json").write_text(
+        json.dumps({"finished": ["main"], "fit": None, "epochs_done": 0})
+    )
+    calls = {}
+    _fit_with(monkeypatch, calls, lambda learn, *args, **kwargs: None)
+    monkeypatch.setattr(report, "write_report_html", lambda f: None)
+    runner.train_from_recipe(recipe, resume=folder, evaluate=False)
+    assert "recipe_learner" in calls and "fit" not in calls
+    assert json.loads((folder / "progress.json").read_text())["done"] is True

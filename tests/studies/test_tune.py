@@ -530,8 +530,16 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
         ("0", "complete"), ("1", "complete"), ("2", "pruned"), ("3", "fail")
     ]  # fmt: skip
     assert rows[0]["note"] == "recipe's values" and "training diverged" in rows[3]["note"]
+    for row, trial in zip(rows, study.trials, strict=True):  # full paths, and where they ran
+        assert (row["run"], row["host"]) == (trial.user_attrs["run"], socket.gethostname())
+        assert row["epochs"] == "1"  # each trial reported its one epoch
+        assert float(row["seconds"]) == round(float(row["seconds"]), 1)
+    assert [row["run"] for row in result.rows] == [
+        Path(t.user_attrs["run"]).name for t in study.trials
+    ]  # the table: the run folders' names
     text = (folder / "best.toml").read_text()
     assert f"trial {best.number})" in text and "braver train best.toml --data here" in text
+    assert f"# {best.user_attrs['run']}\n" in text and "# searched: optim.lr = " in text
     tuned = tomllib.loads(text)
     assert tuned["name"] == f"{recipe.name}-tuned" and tuned["transfer"] == {"freeze": "local"}
     assert tuned["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
@@ -560,4 +568,55 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     assert _states(study)[4:] == ["FAIL", "RUNNING", "COMPLETE"]
     assert study.trials[4].user_attrs["interrupted"] is True
     assert "interrupted" not in study.trials[5].user_attrs
+    with open(folder / "trials.csv") as f:
+        assert [row["note"] for row in csv.DictReader(f)][4] == "interrupted"
     assert len(trainer.calls) == 5  # only trial 6 trained
+
+
+def test_the_pruners_by_name():
+    from braver.studies.tune import make_pruner
+
+    assert isinstance(make_pruner("median"), optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner("halving"), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner("none"), optuna.pruners.NopPruner)
+    with pytest.raises(BraverError, match="unknown pruner 'best'"):
+        make_pruner("best")
+
+
+def test_the_trainers_hand_a_trial_to_the_training_with_their_settings(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import braver.train
+    from braver.studies import transfer_training
+    from braver.studies.tune import transfer_trainer
+
+    calls = []
+    monkeypatch.setattr(braver.train, "train_from_recipe", lambda *a, **k: calls.append((a, k)))
+    recipe, console, callbacks = _recipe(), object(), [object()]
+    train = recipe_trainer("cache", device="cuda", data="raw", console=console, progress=True)
+    train(recipe, tmp_path / "trials", callbacks)
+    assert calls.pop() == (
+        (recipe,),
+        dict(
+            cache="cache", out=tmp_path / "trials", device="cuda", data="raw", console=console,
+            progress=True, evaluate=True, callbacks=callbacks,
+        ),
+    )  # fmt: skip
+    cache = tiny.write_tiny_cache(tmp_path / "liver")
+    setup = SimpleNamespace(baseline=False)
+    settings = SimpleNamespace(class_map="reinit")
+    plan = SimpleNamespace(
+        setups=[setup], brain="net", brain_run="run", data="ct", strategy="s", settings=settings
+    )
+    monkeypatch.setattr(transfer_training, "train_setup", lambda *a, **k: calls.append((a, k)))
+    train = transfer_trainer(plan, cache.root, device="cuda", console=console, progress=True)
+    train(recipe, tmp_path / "trials", callbacks)
+    (args, kwargs) = calls.pop()
+    assert args[:4] == (setup, recipe, "net", "run") and args[4].root == cache.root
+    assert kwargs == dict(
+        out=tmp_path / "trials", device="cuda", data="ct", strategy="s", class_map="reinit",
+        console=console, progress=True, callbacks=callbacks,
+    )  # fmt: skip
+    for setups in ([setup, setup], [SimpleNamespace(baseline=True)]):  # one adapted setup
+        with pytest.raises(BraverError, match="a study tunes one transfer setup"):
+            transfer_trainer(SimpleNamespace(**{**vars(plan), "setups": setups}), cache.root)

@@ -438,7 +438,7 @@ class _Trainer:
     gets a run folder whose metrics.json holds ten times its learning rate, and its callbacks
     see one epoch with that value; the trial numbered ``fail`` ends in a BraverError."""
 
-    def __init__(self, fail: int | None = None):
+    def __init__(self, fail: int = -1):
         self.fail, self.calls = fail, []
 
     def __call__(self, recipe, out, callbacks):
@@ -548,6 +548,12 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     assert (summary["study"], summary["direction"]) == ("s", "maximize")
     assert summary["best"]["trial"] == best.number
     assert (folder / "history.png").read_bytes()[:4] == b"\x89PNG"
+    assert (folder / "importances.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(summary["best"]["importances"]) == {"optim.lr", "model.init"}
+    assert summary["best"]["run"] == best.user_attrs["run"]
+    assert result.study.study_name == "s"
+    assert "Study s: whole_tumor_dice" in output  # the trials table
+    assert f"Best trial {best.number}: whole_tumor_dice" in output
 
     # resumed after a process died in trial 4: it is marked failed, another machine's is not
     storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}")
@@ -620,3 +626,19 @@ def test_the_trainers_hand_a_trial_to_the_training_with_their_settings(tmp_path,
     for setups in ([setup, setup], [SimpleNamespace(baseline=True)]):  # one adapted setup
         with pytest.raises(BraverError, match="a study tunes one transfer setup"):
             transfer_trainer(SimpleNamespace(**{**vars(plan), "setups": setups}), cache.root)
+
+
+def test_a_study_whose_trials_all_failed_says_so_and_writes_no_best(tmp_path, space_file):
+    import io
+
+    from rich.console import Console
+
+    recipe, folder = _recipe(), tmp_path / "study"
+    console = Console(file=io.StringIO(), width=200)
+    result = tune(
+        recipe, load_space(space_file, recipe), _Trainer(fail=0), folder=folder,
+        study_name="s", metric="whole_tumor_dice", trials=1, console=console,
+    )  # fmt: skip
+    assert result.best is None and not (folder / "best.toml").exists()
+    assert "no trial finished: no best.toml and no plots" in console.file.getvalue()
+    assert json.loads((folder / "tune.json").read_text())["trials"] == {"fail": 1}

@@ -560,7 +560,7 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     study = optuna.load_study(study_name="s", storage=storage)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    for host, pid in ((socket.gethostname(), dead.pid), ("elsewhere", 1)):
+    for host, pid in (("elsewhere", 1), (socket.gethostname(), dead.pid)):
         trial = study.ask()
         trial.set_user_attr("host", host)
         trial.set_user_attr("pid", pid)
@@ -571,11 +571,11 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     output = console.file.getvalue()
     assert "3 of 4 trials finished, 1 interrupted marked failed" in output
     study = _load(folder, "s")
-    assert _states(study)[4:] == ["FAIL", "RUNNING", "COMPLETE"]
-    assert study.trials[4].user_attrs["interrupted"] is True
-    assert "interrupted" not in study.trials[5].user_attrs
+    assert _states(study)[4:] == ["RUNNING", "FAIL", "COMPLETE"]
+    assert "interrupted" not in study.trials[4].user_attrs
+    assert study.trials[5].user_attrs["interrupted"] is True
     with open(folder / "trials.csv") as f:
-        assert [row["note"] for row in csv.DictReader(f)][4] == "interrupted"
+        assert [row["note"] for row in csv.DictReader(f)][5] == "interrupted"
     assert len(trainer.calls) == 5  # only trial 6 trained
 
 
@@ -642,3 +642,32 @@ def test_a_study_whose_trials_all_failed_says_so_and_writes_no_best(tmp_path, sp
     assert result.best is None and not (folder / "best.toml").exists()
     assert "no trial finished: no best.toml and no plots" in console.file.getvalue()
     assert json.loads((folder / "tune.json").read_text())["trials"] == {"fail": 1}
+
+
+def test_the_studys_small_steps(tmp_path):
+    from types import SimpleNamespace
+
+    from braver.studies.tune import OptunaPruning, _epoch, _monitor, _run_folder, safe_url
+
+    assert safe_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    assert safe_url("nonsense:secret@db.example") == "db.example"  # not a URL: the host part
+    # a Dice is followed epoch by epoch; other metrics by the validation loss, signed
+    assert _monitor("whole_tumor_dice", "maximize") == ("whole_tumor_dice", 1.0)
+    assert _monitor("whole_tumor_hd95_mm", "minimize") == ("valid_loss", 1.0)
+    assert _monitor("whole_tumor_sensitivity", "maximize") == ("valid_loss", -1.0)
+    assert _run_folder(tmp_path, "t-trial0001") is None  # the trial failed before its folder
+    for name in ("t-trial0001-20260101-000000", "t-trial0001-20260102-000000", "t-trial0002-x"):
+        (tmp_path / name).mkdir()
+    assert _run_folder(tmp_path, "t-trial0001") == tmp_path / "t-trial0001-20260102-000000"
+    assert _epoch(SimpleNamespace(pruned=None)) == "?"
+    reported = []
+    trial = SimpleNamespace(report=lambda *args: reported.append(args), should_prune=lambda: False)
+    pruning = OptunaPruning(trial, "whole_tumor_dice")
+    names = ["epoch", "train_loss", "valid_loss", "whole_tumor_dice", "time"]
+    for value in (None, float("nan"), 0.5):  # missing or not finite: not reported
+        log = [0, 1.0, 0.9, *([value] if value is not None else []), "0:01"]
+        pruning.learn = SimpleNamespace(
+            recorder=SimpleNamespace(metric_names=names[: len(log)], log=log)
+        )
+        pruning.after_epoch()
+    assert reported == [(0.5, 2)] and pruning.pruned is None  # steps count every epoch

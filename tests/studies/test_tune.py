@@ -353,7 +353,7 @@ def test_a_resumed_study_must_keep_its_settings(tmp_path, space_file):
     }
     study.set_user_attr("settings", json.loads(json.dumps(settings)))
     changed = _recipe("stage1.epochs=4")
-    with pytest.raises(BraverError, match=r"stage1\.epochs: 1 then, 4 now"):
+    with pytest.raises(BraverError, match=r"study 's' .*\(stage1\.epochs: 1 then, 4 now\)"):
         tune(
             changed,
             load_space(space_file, changed),
@@ -482,7 +482,7 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     from braver.studies import tune_results
     from braver.studies.tune import OptunaPruning
 
-    recipe, folder = _recipe(), tmp_path / "study"
+    recipe, folder = _recipe(), tmp_path / "runs" / "tune-s"  # its parents made too
     space = load_space(space_file, recipe)
     trainer = _Trainer(fail=3)
     console = Console(file=io.StringIO(), width=200)
@@ -494,10 +494,12 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     result = tune(recipe, space, trainer, trials=4, **options)
     output = console.file.getvalue()
     assert "Study s" in output and "0 of 4 trials finished" in output
+    assert all(f"  {param.describe()}" in output for param in space.params)
     study = _load(folder, "s")
     # a failed trial counts among the trials asked for: 3 of 4 finished, the rest on resuming
     assert _states(study) == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
     assert study.user_attrs["settings"]["brain_run"] == "r1"
+    assert study.user_attrs["settings"]["metric"] == "whole_tumor_dice"
     # trial 0 is the recipe's own values; every trial trains the recipe with its values
     assert study.trials[0].params == {"optim.lr": recipe.optim.lr, "model.init": "paper"}
     for trial, (trained, out, callbacks) in zip(study.trials, trainer.calls, strict=True):
@@ -635,10 +637,13 @@ def test_a_study_whose_trials_all_failed_says_so_and_writes_no_best(tmp_path, sp
 
     recipe, folder = _recipe(), tmp_path / "study"
     console = Console(file=io.StringIO(), width=200)
+    trainer = _Trainer(fail=0)
     result = tune(
-        recipe, load_space(space_file, recipe), _Trainer(fail=0), folder=folder,
-        study_name="s", metric="whole_tumor_dice", trials=1, console=console,
+        recipe, load_space(space_file, recipe), trainer, folder=folder,
+        study_name="s", metric="whole_tumor_hd95_mm", trials=1, console=console,
     )  # fmt: skip
+    (pruning,) = trainer.calls[0][2]  # a distance: the validation loss, minimised as it is
+    assert (pruning.monitor, pruning.sign) == ("valid_loss", 1.0)
     assert result.best is None and not (folder / "best.toml").exists()
     assert "no trial finished: no best.toml and no plots" in console.file.getvalue()
     assert json.loads((folder / "tune.json").read_text())["trials"] == {"fail": 1}

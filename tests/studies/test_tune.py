@@ -438,8 +438,8 @@ class _Trainer:
     gets a run folder whose metrics.json holds ten times its learning rate, and its callbacks
     see one epoch with that value; the trial numbered ``fail`` ends in a BraverError."""
 
-    def __init__(self, fail: int = -1):
-        self.fail, self.calls = fail, []
+    def __init__(self, fail: int = -1, seconds: float = 0.0):
+        self.fail, self.seconds, self.calls = fail, seconds, []
 
     def __call__(self, recipe, out, callbacks):
         from types import SimpleNamespace
@@ -447,6 +447,7 @@ class _Trainer:
         from fastai.callback.core import CancelFitException
 
         self.calls.append((recipe, out, callbacks))
+        time.sleep(self.seconds)
         run = out / f"{recipe.name}-20260101-000000"
         run.mkdir(parents=True)
         value = recipe.optim.lr * 10
@@ -522,6 +523,8 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     written = json.loads((Path(pruned.user_attrs["run"]) / PRUNED_FILE).read_text())
     assert written == {"trial": 2, "epoch": 0, "monitor": "whole_tumor_dice", "value": lr * 10}
     assert "trial 2 pruned after epoch 0" in output
+    for trial in study.trials:  # each trial's values, said as it starts
+        assert f"optim.lr = {trial.params['optim.lr']:.4g}  model.init = " in output
     assert "training diverged" in failed.user_attrs["error"]
     assert "trial 3 failed" in output
     best = max(complete, key=lambda t: t.value)
@@ -637,11 +640,12 @@ def test_a_study_whose_trials_all_failed_says_so_and_writes_no_best(tmp_path, sp
 
     recipe, folder = _recipe(), tmp_path / "study"
     console = Console(file=io.StringIO(), width=200)
-    trainer = _Trainer(fail=0)
+    trainer = _Trainer(fail=0, seconds=1.0)
     result = tune(
-        recipe, load_space(space_file, recipe), trainer, folder=folder,
-        study_name="s", metric="whole_tumor_hd95_mm", trials=1, console=console,
+        recipe, load_space(space_file, recipe), trainer, folder=folder, study_name="s",
+        metric="whole_tumor_hd95_mm", trials=2, timeout=0.5, console=console,
     )  # fmt: skip
+    assert len(trainer.calls) == 1  # the timeout ends the study after its first trial
     (pruning,) = trainer.calls[0][2]  # a distance: the validation loss, minimised as it is
     assert (pruning.monitor, pruning.sign) == ("valid_loss", 1.0)
     assert result.best is None and not (folder / "best.toml").exists()
@@ -676,3 +680,18 @@ def test_the_studys_small_steps(tmp_path):
         )
         pruning.after_epoch()
     assert reported == [(0.5, 2)] and pruning.pruned is None  # steps count every epoch
+
+
+def test_a_seeded_study_samples_the_same_values_again(tmp_path, space_file, monkeypatch):
+    from braver.studies import tune as tune_module
+
+    monkeypatch.setattr(tune_module, "write_results", lambda *args, **kwargs: None)
+    recipe = _recipe()
+    sampled = []
+    for folder in ("a", "b"):
+        tune(
+            recipe, load_space(space_file, recipe), _Trainer(), folder=tmp_path / folder,
+            study_name="s", metric="whole_tumor_dice", trials=3, seed=7, baseline=False,
+        )  # fmt: skip
+        sampled.append([t.params for t in _load(tmp_path / folder, "s").trials])
+    assert sampled[0] == sampled[1] and len({t["optim.lr"] for t in sampled[0]}) == 3

@@ -649,7 +649,8 @@ def test_a_study_whose_trials_all_failed_says_so_and_writes_no_best(tmp_path, sp
     (pruning,) = trainer.calls[0][2]  # a distance: the validation loss, minimised as it is
     assert (pruning.monitor, pruning.sign) == ("valid_loss", 1.0)
     assert result.best is None and not (folder / "best.toml").exists()
-    assert "no trial finished: no best.toml and no plots" in console.file.getvalue()
+    said = console.file.getvalue().splitlines()
+    assert "no trial finished: no best.toml and no plots" in said
     assert json.loads((folder / "tune.json").read_text())["trials"] == {"fail": 1}
 
 

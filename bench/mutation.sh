@@ -55,7 +55,7 @@ pytest_add_cli_args_test_selection = [$(toml_list "${existing_tests[@]}")]
 pytest_add_cli_args = ["-m", "not slow and not gpu", "-p", "no:cacheprovider", "-W", "ignore"]
 # the words of messages (warnings, errors, console lines) are not wiring: not mutated; nor the
 # layout of a rich table (justification, wrapping, header style: a line holding one of these
-# keywords, e.g. `table.add_column("params", justify="right", no_wrap=True)`, whole)
+# keywords, e.g. table.add_column("params", justify="right", no_wrap=True), whole)
 do_not_mutate_patterns = ['warnings\.warn\(', 'raise BraverError\(', '_say\(', 'console\.print\(', 'logger\.', '\b(title_justify|header_style|no_wrap|justify)=']
 TOML
 # fastest tests first (mutmut runs them with -x, from mutants/, where its stats file holds each

@@ -696,3 +696,45 @@ def test_a_seeded_study_samples_the_same_values_again(tmp_path, space_file, monk
         )  # fmt: skip
         sampled.append([t.params for t in _load(tmp_path / folder, "s").trials])
     assert sampled[0] == sampled[1] and len({t["optim.lr"] for t in sampled[0]}) == 3
+
+
+def test_a_space_parameter_suggests_checks_records_and_describes_its_values():
+    from braver.studies.search_space import SearchSpace, SpaceParam
+
+    lr = SpaceParam("optim.lr", "float", 0.001, 0.1, log=True)
+    batch = SpaceParam("data.batch_size", "int", 8, 64, log=True)
+    epochs = SpaceParam("stage1.epochs", "int", 1, 10, step=3)
+    init = SpaceParam("model.init", "choice", choices=("paper", "he", 1))
+
+    class Trial:  # records what Optuna is asked for
+        def __init__(self):
+            self.asked = []
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: self.asked.append((name, args, kwargs)) or args[0]
+
+    trial = Trial()
+    for param in (lr, batch, epochs, init):
+        assert param.suggest(trial) == param.key
+    assert trial.asked == [
+        ("suggest_float", ("optim.lr", 0.001, 0.1), {"log": True, "step": None}),
+        ("suggest_int", ("data.batch_size", 8, 64), {"log": True, "step": 1}),
+        ("suggest_int", ("stage1.epochs", 1, 10), {"log": False, "step": 3}),
+        ("suggest_categorical", ("model.init", ["paper", "he", 1]), {}),
+    ]
+    # the recipe's value is inside the space: the same type among the choices, on the steps
+    assert init.contains("he") and init.contains(1)
+    assert not init.contains(1.0) and not init.contains(True) and not init.contains("x")
+    assert lr.contains(0.005) and not lr.contains(0.2) and not lr.contains(True)
+    assert not lr.contains("0.005")
+    assert epochs.contains(4) and not epochs.contains(5) and not epochs.contains(13)
+    assert [p.to_dict() for p in (lr, epochs, init)] == [
+        {"key": "optim.lr", "kind": "float", "low": 0.001, "high": 0.1, "log": True},
+        {"key": "stage1.epochs", "kind": "int", "low": 1, "high": 10, "step": 3},
+        {"key": "model.init", "choices": ["paper", "he", 1]},
+    ]
+    assert lr.describe() == "optim.lr in [0.001, 0.1] (log)"
+    assert epochs.describe() == "stage1.epochs in [1, 10]"
+    assert init.describe() == "model.init in {paper, he, 1}"
+    space, dropped = SearchSpace([lr, init], "space.toml").without(["model.init", "optim.l2"])
+    assert (space.params, space.source, dropped) == ([lr], "space.toml", ["model.init"])

@@ -738,3 +738,29 @@ def test_a_space_parameter_suggests_checks_records_and_describes_its_values():
     assert init.describe() == "model.init in {paper, he, 1}"
     space, dropped = SearchSpace([lr, init], "space.toml").without(["model.init", "optim.l2"])
     assert (space.params, space.source, dropped) == ([lr], "space.toml", ["model.init"])
+
+
+def test_a_space_file_becomes_its_parameters(tmp_path):
+    from braver.studies.search_space import SpaceParam
+
+    path = tmp_path / "space.toml"
+    path.write_text(
+        '"optim.lr" = { low = 0.001, high = 0.1, log = true }\n'
+        '"stage1.epochs" = { low = 1, high = 10, step = 3 }\n'
+        '"optim.l2" = { low = 0.0, high = 0.01, step = 0.001 }\n'
+        '"model.init" = ["paper", "he"]\n'
+    )
+    space = load_space(path, _recipe())
+    assert space.params == [
+        SpaceParam("optim.lr", "float", 0.001, 0.1, log=True),
+        SpaceParam("stage1.epochs", "int", 1, 10, step=3),
+        SpaceParam("optim.l2", "float", 0.0, 0.01, step=0.001),
+        SpaceParam("model.init", "choice", choices=("paper", "he")),
+    ]
+    for text, words in (
+        ('"optim.l2" = { low = 0.0, high = 0.01, step = "x" }\n', "step = 'x' must be a number"),
+        ('"stage1.epochs" = { low = 1, high = 10, step = 1.5 }\n', "step = 1.5 must be an integer"),
+    ):
+        path.write_text(text)
+        with pytest.raises(BraverError, match=words):
+            load_space(path, _recipe())

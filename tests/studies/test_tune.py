@@ -704,6 +704,7 @@ def test_a_space_parameter_suggests_checks_records_and_describes_its_values():
     lr = SpaceParam("optim.lr", "float", 0.001, 0.1, log=True)
     batch = SpaceParam("data.batch_size", "int", 8, 64, log=True)
     epochs = SpaceParam("stage1.epochs", "int", 1, 10, step=3)
+    l2 = SpaceParam("optim.l2", "float", 0.0, 0.01, step=0.001)
     init = SpaceParam("model.init", "choice", choices=("paper", "he", 1))
 
     class Trial:  # records what Optuna is asked for
@@ -714,12 +715,13 @@ def test_a_space_parameter_suggests_checks_records_and_describes_its_values():
             return lambda *args, **kwargs: self.asked.append((name, args, kwargs)) or args[0]
 
     trial = Trial()
-    for param in (lr, batch, epochs, init):
+    for param in (lr, batch, epochs, l2, init):
         assert param.suggest(trial) == param.key
     assert trial.asked == [
         ("suggest_float", ("optim.lr", 0.001, 0.1), {"log": True, "step": None}),
         ("suggest_int", ("data.batch_size", 8, 64), {"log": True, "step": 1}),
         ("suggest_int", ("stage1.epochs", 1, 10), {"log": False, "step": 3}),
+        ("suggest_float", ("optim.l2", 0.0, 0.01), {"log": False, "step": 0.001}),
         ("suggest_categorical", ("model.init", ["paper", "he", 1]), {}),
     ]
     # the recipe's value is inside the space: the same type among the choices, on the steps
@@ -728,6 +730,7 @@ def test_a_space_parameter_suggests_checks_records_and_describes_its_values():
     assert lr.contains(0.005) and not lr.contains(0.2) and not lr.contains(True)
     assert not lr.contains("0.005")
     assert epochs.contains(4) and not epochs.contains(5) and not epochs.contains(13)
+    assert lr.contains(0.001) and lr.contains(0.1) and epochs.contains(1)  # the ends are in
     assert [p.to_dict() for p in (lr, epochs, init)] == [
         {"key": "optim.lr", "kind": "float", "low": 0.001, "high": 0.1, "log": True},
         {"key": "stage1.epochs", "kind": "int", "low": 1, "high": 10, "step": 3},
@@ -751,6 +754,7 @@ def test_a_space_file_becomes_its_parameters(tmp_path):
         '"model.init" = ["paper", "he"]\n'
     )
     space = load_space(path, _recipe())
+    assert space.source == str(path)  # named by the errors of trial recipes, and in tune.json
     assert space.params == [
         SpaceParam("optim.lr", "float", 0.001, 0.1, log=True),
         SpaceParam("stage1.epochs", "int", 1, 10, step=3),
@@ -760,6 +764,12 @@ def test_a_space_file_becomes_its_parameters(tmp_path):
     for text, words in (
         ('"optim.l2" = { low = 0.0, high = 0.01, step = "x" }\n', "step = 'x' must be a number"),
         ('"stage1.epochs" = { low = 1, high = 10, step = 1.5 }\n', "step = 1.5 must be an integer"),
+        ('"optim.l2" = { low = "x", high = 0.01 }\n', "low = 'x' must be a number"),
+        ('"optim.l2" = { low = 0.0, high = "y" }\n', "high = 'y' must be a number"),
+        ('"optim.l2" = { low = 0.0 }\n', "a range needs both low and high"),
+        ('"optim.l2" = { low = 0.01, high = 0.01 }\n', "low = 0.01 must be below high"),
+        ('"optim.l2" = { low = 0.0, high = 0.01, step = 0 }\n', "step = 0 must be positive"),
+        ('"optim.momentum" = { low = 0.1, high = 0.2 }\n', "unknown key optim.momentum"),
     ):
         path.write_text(text)
         with pytest.raises(BraverError, match=words):

@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
                 "--trials",
                 min=1,
                 help="Finished (complete or pruned) trials the study should reach, counting "
-                "earlier runs and other processes.",
+                "earlier runs and other processes; a failed trial does not count (the study "
+                "stops after as many failures as trials it still needed).",
             ),
         ] = 20,
         timeout: Annotated[

@@ -239,6 +239,9 @@ def tune(
 ) -> TuneResult:
     """Run (or resume) a study until it has ``trials`` finished trials; write its results.
 
+    Finished: complete or pruned. A failed trial (the run diverged, a bad value) does not
+    count; the study stops early after as many failed trials as it still needed finished ones.
+
     ``train`` trains one trial (``recipe_trainer``); ``valid_metrics`` are the names
     ``metrics.json`` will hold (``braver.metrics.metric_names``), checked against ``metric``.
     ``storage`` is an Optuna RDB URL (default: SQLite in ``folder``); ``pruner`` is one of
@@ -326,13 +329,28 @@ def tune(
         write_trials(study, folder, metric, console=None)
 
     remaining = trials - done
+    failures = []
+
+    def give_up(study, trial) -> None:
+        # a failed trial (e.g. a diverged run) does not count toward ``trials``; a study whose
+        # trials keep failing stops after as many failures as the trials it still needed
+        if trial.state == TrialState.FAIL:
+            failures.append(trial.number)
+            if len(failures) >= remaining:
+                say(console, f"[yellow]{len(failures)} trials failed[/]: the study stops here")
+                study.stop()
+
     if remaining > 0:
         study.optimize(
             objective,
-            n_trials=remaining,
+            n_trials=None,  # until ``trials`` finished (MaxTrialsCallback), a timeout or give_up
             timeout=timeout,
             catch=(BraverError,),
-            callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished_states), after_trial],
+            callbacks=[
+                optuna.study.MaxTrialsCallback(trials, states=finished_states),
+                give_up,
+                after_trial,
+            ],
             gc_after_trial=True,
         )
     best = BestRecipe(recipe, space, best_tables or {}, best_command)

@@ -497,8 +497,8 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     assert "Study s" in output and "0 of 4 trials finished" in output
     assert all(f"  {param.describe()}" in output for param in space.params)
     study = _load(folder, "s")
-    # a failed trial counts among the trials asked for: 3 of 4 finished, the rest on resuming
-    assert _states(study) == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+    # a failed trial does not count among the trials asked for: a fifth trial replaces it
+    assert _states(study) == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
     assert study.user_attrs["settings"]["brain_run"] == "r1"
     assert study.user_attrs["settings"]["metric"] == "whole_tumor_dice"
     # trial 0 is the recipe's own values; every trial trains the recipe with its values
@@ -532,7 +532,7 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     with open(folder / "trials.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["trial"], r["state"]) for r in rows] == [
-        ("0", "complete"), ("1", "complete"), ("2", "pruned"), ("3", "fail")
+        ("0", "complete"), ("1", "complete"), ("2", "pruned"), ("3", "fail"), ("4", "complete")
     ]  # fmt: skip
     assert rows[0]["note"] == "recipe's values" and "training diverged" in rows[3]["note"]
     for row, trial in zip(rows, study.trials, strict=True):  # full paths, and where they ran
@@ -549,7 +549,7 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     assert tuned["name"] == f"{recipe.name}-tuned" and tuned["transfer"] == {"freeze": "local"}
     assert tuned["optim"]["lr"] == pytest.approx(best.params["optim.lr"])
     summary = json.loads((folder / "tune.json").read_text())
-    assert summary["trials"] == {"complete": 2, "pruned": 1, "fail": 1}
+    assert summary["trials"] == {"complete": 3, "pruned": 1, "fail": 1}
     assert (summary["study"], summary["direction"]) == ("s", "maximize")
     assert summary["best"]["trial"] == best.number
     assert (folder / "history.png").read_bytes()[:4] == b"\x89PNG"
@@ -560,7 +560,8 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     assert "Study s: whole_tumor_dice" in output  # the trials table
     assert f"Best trial {best.number}: whole_tumor_dice" in output
 
-    # resumed after a process died in trial 4: it is marked failed, another machine's is not
+    # resumed for one trial more after a process died in trial 6: it is marked failed,
+    # another machine's (trial 5) is not
     storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}")
     study = optuna.load_study(study_name="s", storage=storage)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -572,16 +573,16 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     console.file = io.StringIO()  # the plots were checked above: not drawn again
     monkeypatch.setattr(tune_results, "plot_history", lambda *args: None)
     monkeypatch.setattr(tune_results, "param_importances", lambda study: {})
-    tune(recipe, space, trainer, trials=4, **options)
+    tune(recipe, space, trainer, trials=5, **options)
     output = console.file.getvalue()
-    assert "3 of 4 trials finished, 1 interrupted marked failed" in output
+    assert "4 of 5 trials finished, 1 interrupted marked failed" in output
     study = _load(folder, "s")
-    assert _states(study)[4:] == ["RUNNING", "FAIL", "COMPLETE"]
-    assert "interrupted" not in study.trials[4].user_attrs
-    assert study.trials[5].user_attrs["interrupted"] is True
+    assert _states(study)[5:] == ["RUNNING", "FAIL", "COMPLETE"]
+    assert "interrupted" not in study.trials[5].user_attrs
+    assert study.trials[6].user_attrs["interrupted"] is True
     with open(folder / "trials.csv") as f:
-        assert [row["note"] for row in csv.DictReader(f)][5] == "interrupted"
-    assert len(trainer.calls) == 5  # only trial 6 trained
+        assert [row["note"] for row in csv.DictReader(f)][6] == "interrupted"
+    assert len(trainer.calls) == 6  # only trial 7 trained
 
 
 def test_the_pruners_by_name():
@@ -652,6 +653,30 @@ def test_a_study_whose_trials_all_failed_says_so_and_writes_no_best(tmp_path, sp
     said = console.file.getvalue().splitlines()
     assert "no trial finished: no best.toml and no plots" in said
     assert json.loads((folder / "tune.json").read_text())["trials"] == {"fail": 1}
+
+
+def test_a_study_whose_trials_keep_failing_stops_after_as_many_failures_as_trials(
+    tmp_path, space_file
+):
+    import io
+
+    from rich.console import Console
+
+    class Failing(_Trainer):
+        def __call__(self, recipe, out, callbacks):
+            self.calls.append((recipe, out, callbacks))
+            raise BraverError("training diverged", out, "lower the learning rate")
+
+    recipe, folder = _recipe(), tmp_path / "study"
+    console = Console(file=io.StringIO(), width=200)
+    trainer = Failing()
+    tune(
+        recipe, load_space(space_file, recipe), trainer, folder=folder, study_name="s",
+        metric="whole_tumor_dice", trials=3, seed=0, console=console,
+    )  # fmt: skip
+    assert len(trainer.calls) == 3  # 3 trials needed: 3 failures and it stops, not forever
+    assert _states(_load(folder, "s")) == ["FAIL"] * 3
+    assert "3 trials failed: the study stops here" in console.file.getvalue()
 
 
 def test_the_studys_small_steps(tmp_path):

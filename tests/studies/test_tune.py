@@ -583,6 +583,8 @@ def test_a_study_runs_prunes_fails_and_resumes_its_trials(tmp_path, space_file, 
     with open(folder / "trials.csv") as f:
         assert [row["note"] for row in csv.DictReader(f)][6] == "interrupted"
     assert len(trainer.calls) == 6  # only trial 7 trained
+    tune(recipe, space, trainer, trials=5, **options)  # nothing left to do: nothing trains
+    assert len(trainer.calls) == 6 and len(_load(folder, "s").trials) == 8
 
 
 def test_the_pruners_by_name():

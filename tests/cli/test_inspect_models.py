@@ -232,6 +232,10 @@ def test_models_summary_rows_with_overrides():
     table = rows(result.output)
     assert table[0] == ["local", "local.conv1", "conv + maxout", "7×7", "2 → 64 (×3)", "27×27",
                         "19,008", "7"]  # fmt: skip
+    # the numbers' columns (kernel to receptive field) are right-aligned under longer titles
+    raw = next(line for line in result.output.splitlines() if "local.conv1" in line)
+    for cell in raw.split("│")[4:9]:
+        assert cell.startswith("  ") and cell.endswith(cell.strip() + " "), raw
     assert table[1] == ["local", "local.pool1", "max-pool, stride 1", "4×4", "64 → 64", "24×24",
                         "–", "10"]  # fmt: skip
     assert table[5] == ["output", "output", "conv (output)", "21×21", "224 → 3", "1×1",

@@ -200,7 +200,7 @@ def stand_in(monkeypatch, tmp_path):
     def train_setup(setup, recipe, brain, brain_run, cache, **kwargs):
         calls["train"].append((setup, recipe, brain, brain_run, cache, kwargs))
         found = list(tmp_path.glob("out/transfer-liver-*/transfer.json")) + list(
-            tmp_path.glob("study/transfer.json")
+            tmp_path.glob("new/study/transfer.json")
         )
         calls["json_before"].append(
             [r["setup"] for r in json.loads(found[0].read_text())["rows"]] if found else None
@@ -286,14 +286,14 @@ def test_the_study_defaults_and_its_data_settings(tmp_path, stand_in, monkeypatc
     plan = _plan(tmp_path, [Setup("freeze local", ["local"], "local")], data=data)
     plan.strategy = "repeat"
     monkeypatch.chdir(tmp_path)
-    study = run_transfer_study(plan, cache="cache", study_folder=tmp_path / "study")
+    study = run_transfer_study(plan, cache="cache", study_folder=tmp_path / "new" / "study")
     assert asked == ["auto"]
-    assert study.folder == tmp_path / "study"
+    assert study.folder == tmp_path / "new" / "study"  # its parent made too
     ((*_, kwargs),) = stand_in["train"]
     assert kwargs["out"] == tmp_path.joinpath("runs").relative_to(tmp_path)  # default ./runs
     assert kwargs["device"] == "cpu" and kwargs["data"] == data and kwargs["strategy"] == "repeat"
     assert kwargs["console"] is None and kwargs["progress"] is False
-    written = json.loads((tmp_path / "study" / "transfer.json").read_text())
+    written = json.loads((tmp_path / "new" / "study" / "transfer.json").read_text())
     assert written["prepare"] == plan.prepare.to_dict() and written["data"] == str(data)
     assert written["device"] == "cpu" and written["strategy"] == "repeat"
     assert study.title == "Transfer brain-1 → liver (repeat channels)"

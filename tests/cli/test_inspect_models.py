@@ -262,3 +262,12 @@ def test_models_summary_of_a_run_folder_with_overrides(tmp_path):
     assert f"mf_cascade (run {tmp_path}): 4 channels, 5 classes, maxout K=3" in first
     kept = invoke("models", "summary", tmp_path)
     assert "3 classes, maxout K=2" in " ".join(kept.output.split())
+
+
+def test_inspect_folds_long_cells_in_a_narrow_terminal(fake_dataset, tmp_path):
+    dataset, _ = fake_dataset
+    dataset.cases = [case("A", channels=("flair", "t1ce")), case("B")]
+    result = runner.invoke(app, ["data", "inspect", str(tmp_path)], env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    table = result.output.split("class balance")[0]
+    assert "…" not in table and "brats2021" in table  # folded onto more lines, not cut

@@ -245,6 +245,12 @@ def test_models_summary_rows_with_overrides():
         ["global", "162,720", "global.conv1"],
         ["output", "296,355", "output"],
     ]
+    text = " ".join(result.output.split())
+    assert "A layer can be named by a unique suffix, e.g. conv2 for local.conv2." in text
+    assert "local / global" not in text
+    cascade = " ".join(invoke("models", "summary", "local_cascade").output.split())
+    assert "first: the network on the 56×56 input (the seed's 'global scale')" in cascade
+    assert "e.g. second.local.conv2." in cascade and "conv2 for local.conv2" not in cascade
     one = invoke("models", "summary", "twopath", "--in-channels", 1, "--maxout-k", 1)
     assert "twopath: 1 channel, 4 classes, maxout K=1" in one.output
     assert rows(one.output)[0][4] == "1 → 64"

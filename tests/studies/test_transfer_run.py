@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 
 import braver.data.cache
+import braver.report
 import braver.studies.transfer as transfer
 from braver.data.labels import BRATS_2021
 from braver.errors import BraverError
@@ -82,6 +83,20 @@ def test_plan_with_a_source_a_strategy_data_and_a_recipe_file(tmp_path):
     assert [s.name for s in plan.setups] == ["freeze none"]
 
 
+def test_plan_looks_under_runs_by_default(tmp_path, monkeypatch):
+    folder, _ = _brain_run(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    plan = plan_transfer_study(freeze=["local"], overrides=TINY)
+    assert plan.brain_run.resolve() == folder.resolve() and plan.latest
+
+
+def test_a_table_without_seed_setups_keeps_every_other_column():
+    from braver.studies.transfer import SHOWN, comparison_table
+
+    table = comparison_table([{"setup": "freeze local", "liver_dice": 0.5}], "t")
+    assert [c.header for c in table.columns] == [h for h in SHOWN.values() if h != "seed"]
+
+
 def test_plan_refusals(tmp_path):
     with pytest.raises(BraverError, match="unknown channel strategy 'mean'") as error:
         plan_transfer_study(runs=tmp_path, strategy="mean")
@@ -113,6 +128,7 @@ def _fake_run(out, setup, history, *, cpu=(2.0, 3.0), trained=123, metrics=None)
 
 
 HISTORY = [
+    {"epoch": 0, "time": "0.5", "train_patch_accuracy": "0.25", "stage": "stage1"},
     {
         "epoch": 0,
         "time": "1.0",
@@ -139,8 +155,8 @@ def test_comparison_row_from_a_finished_run(tmp_path):
         "seed_setup": None,
         "trainable_parameters": 123,
         "seed_trainable_parameters": None,
-        "epochs": 2,
-        "seconds_per_epoch": 1.75,
+        "epochs": 3,
+        "seconds_per_epoch": 1.33,
         "seed_seconds_per_epoch": None,
         "cpu_seconds_per_epoch": 3.17,
         "train_seconds": 9.5,
@@ -190,8 +206,16 @@ def _plan(tmp_path, setups, data=None):
 
 @pytest.fixture
 def stand_in(monkeypatch, tmp_path):
-    """train_setup replaced by a recorder that writes a finished run; Cache.open recorded."""
-    calls = {"train": [], "opened": [], "json_before": []}
+    """train_setup replaced by a recorder that writes a finished run; Cache.open and the bar
+    chart recorded."""
+    calls = {"train": [], "opened": [], "json_before": [], "plots": []}
+    plot_bars = braver.report.plot_bars
+
+    def record_plot(rows, keys, out_png, **kwargs):
+        calls["plots"].append(([r["setup"] for r in rows], keys, out_png, kwargs))
+        return plot_bars(rows, keys, out_png, **kwargs)
+
+    monkeypatch.setattr(braver.report, "plot_bars", record_plot)
 
     def open_cache(root):
         calls["opened"].append(root)
@@ -212,7 +236,7 @@ def stand_in(monkeypatch, tmp_path):
     return calls
 
 
-def test_the_study_trains_every_setup_and_writes_the_comparison(tmp_path, stand_in):
+def test_the_study_trains_every_setup_and_writes_the_comparison(tmp_path, stand_in, capsys):
     setups = [
         Setup("freeze local", ["local"], "local"),
         Setup("seed-e2e", [], "seed-e2e", keep_outputs=["first.output"], class_map="keep",
@@ -268,6 +292,18 @@ def test_the_study_trains_every_setup_and_writes_the_comparison(tmp_path, stand_
     assert [r["setup"] for r in table] == [s.name for s in setups]
     assert table[0]["liver_dice"] == "0.7"
     assert (folder / "transfer.png").stat().st_size > 0
+    names = [s.name for s in setups]
+    chart = ["train_accuracy", "valid_accuracy", "liver_dice", "tumor_dice"]
+    assert stand_in["plots"] == [
+        (
+            names[: i + 1],
+            chart,
+            folder / "transfer.png",
+            {"label_key": "setup", "title": study.title},
+        )
+        for i in [0, 1, 2, 2]
+    ]
+    assert capsys.readouterr().out == ""  # the table is the caller's to print, not printed here
     shown = console.file.getvalue()
     assert "1/3: freeze local" in shown and "3/3: baseline (from scratch)" in shown
 

@@ -334,3 +334,25 @@ def test_the_study_defaults_and_its_data_settings(tmp_path, stand_in, monkeypatc
     assert written["device"] == "cpu" and written["strategy"] == "repeat"
     assert study.title == "Transfer brain-1 → liver (repeat channels)"
     assert not list((tmp_path / "runs").glob("transfer-*"))  # the given study folder only
+
+
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ("stage1.epochs='x'", "stage1.epochs = 'x' must be int"),
+        ("prepare.nonsense=1", "unknown key prepare.nonsense; known keys in prepare:"),
+        ("transfer.strategy='foo'", "transfer.strategy = 'foo' must be one of sum"),
+        ("prepare.hu_window=[200, 100]", "[prepare]: HU window [200.0, 100.0] must be"),
+    ],
+)
+def test_a_bad_value_of_each_table_names_the_recipe_file(item, words):
+    from braver.recipe import shipped_recipe
+    from braver.studies.transfer import load_liver_recipe
+
+    path = shipped_recipe("liver")
+    with pytest.raises(BraverError) as error:
+        load_liver_recipe(path, [item])
+    assert error.value.path == path and words in str(error.value)
+    recipe, settings = load_liver_recipe(path, ["stage1.epochs=2", "transfer.class_map='keep'"])
+    assert recipe.stage1.epochs == 2 and settings.class_map == "keep"
+    assert settings.source == str(path)

@@ -277,3 +277,11 @@ def test_inspect_folds_long_cells_in_a_narrow_terminal(fake_dataset, tmp_path):
     assert result.exit_code == 0, result.output
     table = result.output.split("class balance")[0]
     assert "…" not in table and "brats2021" in table  # folded onto more lines, not cut
+
+
+def test_models_summary_of_a_run_without_class_frequencies(tmp_path):
+    config = {k: v for k, v in create_model("twopath").config.items() if k != "class_frequencies"}
+    save_run_info(tmp_path, RunInfo(kind="brain", model=config, label_scheme={}, channels=["t1"]))
+    result = invoke("models", "summary", tmp_path, "--num-classes", 3)
+    assert result.exit_code == 0, result.output
+    assert "3 classes" in " ".join(result.output.split())

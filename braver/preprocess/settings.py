@@ -18,6 +18,17 @@ PREPROCESS_VERSION = 2
 CT_NORMALISATIONS = ("unit", "zscore")
 
 
+def _pair(value: Any, what: str, example: str) -> tuple[float, float]:
+    """``value`` as two floats ``(low, high)``, or one sentence saying what it must be."""
+    if not isinstance(value, str | bytes):
+        try:
+            low, high = (float(v) for v in value)
+            return low, high
+        except (TypeError, ValueError):
+            pass
+    raise BraverError(f"{what} {value!r} must be two numbers [low, high]", None, f"e.g. {example}")
+
+
 @dataclass
 class PrepareSettings:
     """What ``braver data prepare`` does to every case; part of each case's fingerprint."""
@@ -39,8 +50,10 @@ class PrepareSettings:
     target_spacing_mm: float | None = None
 
     def __post_init__(self) -> None:
-        self.clip_percentiles = tuple(float(p) for p in self.clip_percentiles)
-        self.hu_window = tuple(float(v) for v in self.hu_window)
+        self.clip_percentiles = _pair(self.clip_percentiles, "clip percentiles", "[1.0, 99.0]")
+        self.hu_window = _pair(self.hu_window, "HU window", "[-200.0, 300.0]")
+        if isinstance(self.n4_channels, str):
+            self.n4_channels = (self.n4_channels,)
         self.n4_channels = tuple(self.n4_channels)
         low, high = self.clip_percentiles
         if not 0 <= low < high <= 100:

@@ -154,6 +154,20 @@ def test_settings_round_trip_and_validation():
         PrepareSettings(clip_percentiles=(99, 1))
     with pytest.raises(BraverError, match="HU window"):
         PrepareSettings(hu_window=(300, -200))
+    # not a pair of numbers: one sentence, not a ValueError / IndexError from unpacking
+    for bad in ("x", [1], [1, "a"], None, 5, [1, 2, 3]):
+        with pytest.raises(BraverError, match=r"HU window .* must be two numbers \[low, high\]"):
+            PrepareSettings(hu_window=bad)
+    with pytest.raises(BraverError, match=r"clip percentiles \[1, 'b'\] must be two numbers"):
+        PrepareSettings(clip_percentiles=[1, "b"])
+    assert PrepareSettings(n4_channels="t1").n4_channels == ("t1",)  # one name, not letters
+
+
+def test_a_recipes_bad_prepare_pair_names_the_recipe_file():
+    from braver.recipe import load_recipe, shipped_recipe
+
+    with pytest.raises(BraverError, match=r"brain.toml: \[prepare\]: HU window \[1\] must be two"):
+        load_recipe(shipped_recipe("brain"), ["prepare.hu_window=[1]"])
 
 
 def test_n4_settings_are_checked_against_the_dataset(brats2021, tmp_path):

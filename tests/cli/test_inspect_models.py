@@ -125,6 +125,8 @@ def test_inspect_rows_hold_each_case_values(fake_dataset, tmp_path):
     assert table[2] == ["C", "", "", "", "", "", "C.nii.gz is corrupt or truncated."]
     # the class balance over the readable cases, in the dataset's scheme
     assert calls["balance"] == [(["A", "B"], "the scheme")]
+    titles = [line.strip() for line in result.output.splitlines()]
+    assert "class balance over labelled cases" in titles
     assert table[3] == ["0", "background", "12,577", "98.258%", "", ""]
     assert table[4] == ["4", "enhancing", "1,234", "0.297%", "17.0%", "331 : 1"]
     # the montage of the readable cases only, then one sentence for the unreadable one
@@ -285,3 +287,12 @@ def test_models_summary_of_a_run_without_class_frequencies(tmp_path):
     result = invoke("models", "summary", tmp_path, "--num-classes", 3)
     assert result.exit_code == 0, result.output
     assert "3 classes" in " ".join(result.output.split())
+
+
+def test_inspect_goes_on_after_an_unreadable_case(fake_dataset, tmp_path):
+    dataset, calls = fake_dataset
+    dataset.cases = [case("C"), case("A")]
+    result = invoke("data", "inspect", tmp_path)
+    assert calls["describe"] == ["C", "A"] and calls["balance"] == [(["A"], "the scheme")]
+    assert [row[0] for row in rows(result.output)][:2] == ["C", "A"]
+    assert "1 of 2 case(s) could not be read" in " ".join(result.output.split())

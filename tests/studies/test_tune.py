@@ -801,3 +801,57 @@ def test_a_space_file_becomes_its_parameters(tmp_path):
         path.write_text(text)
         with pytest.raises(BraverError, match=words):
             load_space(path, _recipe())
+
+
+def test_a_process_is_alive_only_when_it_runs_and_is_another():
+    from braver.studies.tune import _alive
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert _alive(sleeper.pid) is True
+        with pytest.raises(subprocess.TimeoutExpired):  # asked with signal 0: not signalled
+            sleeper.wait(timeout=0.3)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert _alive(dead.pid) is False
+    assert _alive(os.getpid()) is False  # this process starts no trial before the check
+    assert _alive(str(sleeper.pid)) is False and _alive(None) is False  # not a recorded pid
+    assert _alive(1) is True  # init: alive (asking it may be refused, still running)
+
+
+def test_best_toml_says_where_it_came_from_and_merges_its_tables(tmp_path, space_file):
+    from types import SimpleNamespace
+
+    import tomllib
+
+    from braver.studies.tune_results import BestRecipe
+
+    recipe = _recipe()
+    space = load_space(space_file, recipe)
+    trial = SimpleNamespace(
+        number=7, value=0.81234, params={"optim.lr": 0.002, "model.init": "he"}, user_attrs={}
+    )
+    tables = {"prepare": {"hu_window": [-100.0, 200.0]}, "transfer": {"freeze": "local"}}
+    path = BestRecipe(recipe, space, tables).write(
+        tmp_path / "best.toml", trial, "whole_tumor_dice", "s1"
+    )
+    text = path.read_text()
+    header = text.split("\n")[:6]
+    assert header[:5] == [
+        "# braver tune: the best trial of study 's1' (trial 7),",
+        "# whole_tumor_dice = 0.8123 on the validation cases of its run folder",
+        "# ",  # no run folder recorded
+        "# searched: optim.lr = 0.002, model.init = he",
+        "# train it with: braver train best.toml [--data DATA]",
+    ]
+    assert header[5].startswith("name = ")  # the recipe right after the header
+    tuned = tomllib.loads(text)
+    assert tuned["name"] == f"{recipe.name}-tuned"
+    assert tuned["optim"]["lr"] == pytest.approx(0.002) and tuned["model"]["init"] == "he"
+    # a table the recipe has is merged into (its other keys kept); a new one is added
+    assert tuned["prepare"]["hu_window"] == [-100.0, 200.0]
+    assert tuned["prepare"]["target_spacing_mm"] == recipe.prepare["target_spacing_mm"]
+    assert tuned["transfer"] == {"freeze": "local"}

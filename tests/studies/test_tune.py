@@ -855,3 +855,36 @@ def test_best_toml_says_where_it_came_from_and_merges_its_tables(tmp_path, space
     assert tuned["prepare"]["hu_window"] == [-100.0, 200.0]
     assert tuned["prepare"]["target_spacing_mm"] == recipe.prepare["target_spacing_mm"]
     assert tuned["transfer"] == {"freeze": "local"}
+
+
+def test_only_this_machines_dead_trials_are_marked_failed(tmp_path):
+    import socket
+
+    from braver.studies.tune import _fail_interrupted
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    here = socket.gethostname()
+    try:
+        for host, pid in ((here, sleeper.pid), ("elsewhere", dead.pid), (here, dead.pid)):
+            trial = study.ask()
+            trial.set_user_attr("host", host)
+            trial.set_user_attr("pid", pid)
+        assert _fail_interrupted(study, storage, "s") == [2]  # here and gone: only trial 2
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [TrialState.RUNNING, TrialState.RUNNING, TrialState.FAIL]
+    assert study.trials[2].user_attrs["interrupted"] is True
+
+
+def test_the_pruners_settings():
+    from braver.studies.tune import make_pruner
+
+    median = make_pruner("median")  # from the second epoch on, once three trials reported
+    assert (median._n_startup_trials, median._n_warmup_steps) == (3, 1)
+    assert make_pruner("halving")._reduction_factor == 3

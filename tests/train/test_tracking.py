@@ -30,18 +30,7 @@ def _load(name: str):
 tiny = _load("tiny")
 wandb_offline = _load("wandb_offline")
 
-TINY = [
-    "data.mode=tile",
-    "data.tile=4",
-    "data.batch_size=2",
-    "data.validation_fraction=0.25",
-    "data.validation_patches=4",
-    "stage1.epochs=2",
-    "stage1.patches_per_epoch=4",
-    "stage2.epochs=1",
-    "stage2.patches_per_epoch=4",
-    "model.dropout=0.0",
-]
+TINY = [*tiny.TINY, "stage1.epochs=2"]  # the shared tiny fit, with a second stage-1 epoch
 
 
 def test_preview_slices_spread_over_the_tumour_and_hold_the_largest():

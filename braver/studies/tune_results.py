@@ -191,9 +191,15 @@ def write_results(
 
 
 def param_importances(study) -> dict[str, float]:
-    """Optuna's fANOVA importances of the searched keys ({} with too few trials)."""
+    """Optuna's fANOVA importances of the searched keys; {} below two finished trials with
+    different values (Optuna would share the importance out equally: a figure that says
+    nothing)."""
     import optuna
+    from optuna.trial import TrialState
 
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len({t.value for t in complete}) < 2:
+        return {}
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
@@ -201,8 +207,8 @@ def param_importances(study) -> dict[str, float]:
         return {}
 
 
-def plot_history(study, metric: str, out_png: Path) -> Path:
-    """Each complete trial's value by trial number, and the best so far."""
+def history_figure(study, metric: str):
+    """Each complete trial's value by trial number, and the best so far (a matplotlib Figure)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from optuna.trial import TrialState
@@ -225,6 +231,12 @@ def plot_history(study, metric: str, out_png: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Study {study.study_name}: optimisation history", fontsize=10)
+    return figure
+
+
+def plot_history(study, metric: str, out_png: Path) -> Path:
+    """``history_figure`` as a PNG."""
+    figure = history_figure(study, metric)
     with atomic_path(out_png) as tmp:
         figure.savefig(tmp, format="png", bbox_inches="tight")
     return out_png

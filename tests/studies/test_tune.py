@@ -890,3 +890,102 @@ def test_the_pruners_settings():
     median = make_pruner("median")  # from the second epoch on, once three trials reported
     assert (median._n_startup_trials, median._n_warmup_steps) == (3, 1)
     assert make_pruner("halving")._reduction_factor == 3
+
+
+def test_the_studys_checks_and_counts(tmp_path):
+    from braver.studies.tune import OptunaPruning, _count, _first_difference, _metric_value
+
+    # settings: a key only one side has is not a difference; a table against a value is
+    assert _first_difference({"a": 1, "b": 2}, {"a": 1}, "recipe") is None
+    assert _first_difference({"a": {"b": 1}}, {"a": {"b": 2}}, "recipe") == "a.b: 1 then, 2 now"
+    assert _first_difference({"a": 1}, 3, "space") == "space: {'a': 1} then, 3 now"
+    # an unknown metric: the error lists the run's numeric metrics
+    (tmp_path / "metrics.json").write_text(json.dumps({"liver_dice": 0.8, "case": "x"}))
+    assert _metric_value(tmp_path, "liver_dice") == 0.8
+    with pytest.raises(BraverError, match=r"has no 'tumour_dice'.*choose one of liver_dice\.$"):
+        _metric_value(tmp_path, "tumour_dice")
+    # finished: complete or pruned, not failed or running
+    study = optuna.create_study()
+    for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        study.add_trial(
+            optuna.trial.create_trial(state=state, value=0.5 if state.name == "COMPLETE" else None)
+        )
+    study.ask()
+    assert _count(study) == 2
+    # a pruned trial's exception says when and why
+    pruning = OptunaPruning(None, "whole_tumor_dice")
+    pruning.pruned = {"epoch": 3, "monitor": "whole_tumor_dice", "value": 0.12345}
+    with pytest.raises(
+        optuna.TrialPruned, match=r"^pruned after epoch 3 \(whole_tumor_dice 0.1235\)$"
+    ):
+        pruning.after_fit()
+
+
+def test_an_epoch_without_validation_values_is_not_reported():
+    from types import SimpleNamespace
+
+    from braver.studies.tune import OptunaPruning
+
+    reported = []
+    trial = SimpleNamespace(report=lambda *args: reported.append(args), should_prune=lambda: False)
+    pruning = OptunaPruning(trial, "whole_tumor_dice")
+    names = ["epoch", "train_loss", "valid_loss", "whole_tumor_dice", "time"]
+    # fastai's log when the validation was skipped: the training loss and the time only
+    pruning.learn = SimpleNamespace(
+        recorder=SimpleNamespace(metric_names=names, log=[0, 1.0, "0:01"])
+    )
+    pruning.after_epoch()
+    assert reported == [] and pruning.step == 1
+
+
+def test_the_trainers_defaults(monkeypatch):
+    import braver.train
+
+    calls = []
+    monkeypatch.setattr(braver.train, "train_from_recipe", lambda *a, **k: calls.append(k))
+    recipe_trainer("cache")(_recipe(), Path("trials"), [])
+    (kwargs,) = calls
+    assert (kwargs["device"], kwargs["data"], kwargs["console"], kwargs["progress"]) == (
+        "cpu", None, None, False
+    )  # fmt: skip
+
+
+def test_the_transfer_trainers_defaults(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from braver.studies import transfer_training
+    from braver.studies.tune import transfer_trainer
+
+    calls = []
+    monkeypatch.setattr(transfer_training, "train_setup", lambda *a, **k: calls.append(k))
+    cache = tiny.write_tiny_cache(tmp_path / "liver")
+    plan = SimpleNamespace(
+        setups=[SimpleNamespace(baseline=False)], brain="net", brain_run="run", data=None,
+        strategy="s", settings=SimpleNamespace(class_map="reinit"),
+    )  # fmt: skip
+    transfer_trainer(plan, cache.root)(_recipe(), tmp_path / "trials", [])
+    (kwargs,) = calls
+    assert (kwargs["device"], kwargs["console"], kwargs["progress"]) == ("cpu", None, False)
+
+
+def test_a_study_runs_twenty_trials_unless_told_and_accepts_a_known_metric(
+    tmp_path, space_file, monkeypatch
+):
+    from braver.studies import tune as tune_module
+
+    monkeypatch.setattr(tune_module, "write_results", lambda *args, **kwargs: None)
+    # Optuna collects garbage after each trial (0.4 s here, with torch loaded): not what is
+    # tested, and 20 trials of it
+    monkeypatch.setattr("gc.collect", lambda *args: 0)
+    recipe = _recipe()
+    tune(
+        recipe, load_space(space_file, recipe), _Trainer(), folder=tmp_path, study_name="s",
+        metric="whole_tumor_dice", valid_metrics=["whole_tumor_dice", "core_dice"],
+        pruner="none", seed=0,
+    )  # fmt: skip
+    assert _states(_load(tmp_path, "s")) == ["COMPLETE"] * 20
+    with pytest.raises(BraverError, match="unknown metric 'liver_dice'"):
+        tune(
+            recipe, load_space(space_file, recipe), _Trainer(), folder=tmp_path, study_name="t",
+            metric="liver_dice", valid_metrics=["whole_tumor_dice"],
+        )  # fmt: skip

@@ -989,3 +989,62 @@ def test_a_study_runs_twenty_trials_unless_told_and_accepts_a_known_metric(
             recipe, load_space(space_file, recipe), _Trainer(), folder=tmp_path, study_name="t",
             metric="liver_dice", valid_metrics=["whole_tumor_dice"],
         )  # fmt: skip
+
+
+def test_a_study_says_each_trial_and_keeps_its_table_while_it_runs(tmp_path, space_file):
+    import io
+
+    from rich.console import Console
+
+    class Reading(_Trainer):  # what trials.csv holds when each trial starts
+        def __call__(self, recipe, out, callbacks):
+            table = out.parent / "trials.csv"
+            self.tables.append(table.read_text().splitlines()[0] if table.exists() else None)
+            return super().__call__(recipe, out, callbacks)
+
+    recipe, folder = _recipe(), tmp_path / "study"
+    trainer = Reading()
+    trainer.tables = []
+    console = Console(file=io.StringIO(), width=200)
+    tune(
+        recipe, load_space(space_file, recipe), trainer, folder=folder, study_name="s",
+        metric="whole_tumor_dice", trials=2, seed=0, console=console,
+    )  # fmt: skip
+    # the table is written after each trial, with the metric's column
+    assert trainer.tables[0] is None and "whole_tumor_dice" in trainer.tables[1].split(",")
+    lines = console.file.getvalue().splitlines()
+    assert lines[0].endswith("whole_tumor_dice (maximize), 0 of 2 trials finished")
+    study = _load(folder, "s")
+    for trial in study.trials:
+        assert any(f"trial {trial.number} (" in line and f"({trial.number} of 2 finished)" in line
+                   for line in lines)  # fmt: skip
+        assert f"trial {trial.number} whole_tumor_dice {trial.value:.4f}" in lines
+    # renamed, the same recipe resumes its study; another space does not
+    from braver.studies.search_space import apply_params
+
+    renamed = apply_params(recipe, {}, name="other")
+    tune(
+        renamed, load_space(space_file, recipe), trainer, folder=folder, study_name="s",
+        metric="whole_tumor_dice", trials=3, seed=0,
+    )  # fmt: skip
+    assert _states(_load(folder, "s")) == ["COMPLETE"] * 3
+    other_space = tmp_path / "other.toml"
+    other_space.write_text('"optim.lr" = { low = 0.001, high = 0.05, log = true }\n')
+    with pytest.raises(BraverError, match=r"other settings \(space: "):
+        tune(
+            recipe, load_space(other_space, recipe), trainer, folder=folder, study_name="s",
+            metric="whole_tumor_dice", trials=4,
+        )  # fmt: skip
+
+
+def test_a_metric_that_rises_as_the_loss_falls_is_followed_by_the_negated_loss(
+    tmp_path, space_file
+):
+    trainer = _Trainer()
+    recipe = _recipe()
+    tune(
+        recipe, load_space(space_file, recipe), trainer, folder=tmp_path, study_name="s",
+        metric="whole_tumor_sensitivity", trials=1,
+    )  # fmt: skip
+    ((_, _, (pruning,)),) = trainer.calls
+    assert (pruning.monitor, pruning.sign) == ("valid_loss", -1.0)

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from braver.errors import BraverError
 from braver.recipe import load_recipe, shipped_recipe
+from braver.studies import tune_results
 from braver.studies.search_space import SearchSpace, SpaceParam
 from braver.studies.tune_results import (
     BestRecipe,
@@ -117,6 +118,13 @@ def test_the_results_of_a_finished_study(tmp_path, monkeypatch):
         return real_plot_bars(*args, **kwargs)
 
     monkeypatch.setattr(braver.report, "plot_bars", plot_bars)
+    figures = []
+    real_history_figure = tune_results.history_figure
+    monkeypatch.setattr(
+        tune_results,
+        "history_figure",
+        lambda *args: figures.append(args) or real_history_figure(*args),
+    )
     study = _study([0.40, 0.70, 0.55, 0.60, 0.45], pruned=(2,), name="s1")
     recipe = _recipe()
     space = SearchSpace(SPACE, str(tmp_path / "space.toml"))
@@ -157,6 +165,7 @@ def test_the_results_of_a_finished_study(tmp_path, monkeypatch):
     assert options == dict(
         label_key="parameter", title="Parameter importances for liver_dice (fANOVA, 5 trials)"
     )
+    assert figures == [(study, "liver_dice")]  # the history's values are the metric's
     for png in ("history.png", "importances.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     said = " ".join(console.file.getvalue().split())
@@ -176,6 +185,7 @@ def test_one_finished_trial_has_no_importances_and_says_so(tmp_path):
     said = console.file.getvalue().splitlines()
     assert "importances.png needs two finished trials that differ" in said
     assert param_importances(_study([0.5, 0.5])) == {}  # two trials, one value: nothing to say
+    assert set(param_importances(_study([0.5, 0.6]))) == {"optim.lr", "model.init"}  # two do
 
 
 def test_importances_are_optunas_fanova_with_a_fixed_seed():

@@ -1048,3 +1048,41 @@ def test_a_metric_that_rises_as_the_loss_falls_is_followed_by_the_negated_loss(
     )  # fmt: skip
     ((_, _, (pruning,)),) = trainer.calls
     assert (pruning.monitor, pruning.sign) == ("valid_loss", -1.0)
+
+
+def test_a_studys_storage_and_sampler(tmp_path):
+    from braver.studies.tune import GRACE_SECONDS, HEARTBEAT_SECONDS, _open_study
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    # few trials: fewer random start-up trials than Optuna's 10 (a third of them, 2 to 10)
+    for trials, startup in ((3, 2), (13, 4), (60, 10)):
+        study, storage, created = _open_study(url, f"s{trials}", "maximize", "none", 0, trials)
+        assert created and study.sampler._n_startup_trials == startup
+        assert study.sampler._multivariate is True and study.sampler._constant_liar is True
+        assert isinstance(study.pruner, optuna.pruners.NopPruner)
+    # a process that died in a trial is noticed by the others after the grace period
+    assert (storage.heartbeat_interval, storage.grace_period) == (HEARTBEAT_SECONDS, GRACE_SECONDS)
+    study, _, created = _open_study(url, "s3", "maximize", "median", 0, 3)
+    assert not created and isinstance(study.pruner, optuna.pruners.MedianPruner)
+
+
+def test_a_process_of_another_user_counts_as_alive(monkeypatch):
+    from braver.studies import tune as tune_module
+
+    def refused(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(tune_module.os, "kill", refused)
+    assert tune_module._alive(os.getpid() + 1) is True
+
+
+def test_a_pruned_trial_starts_no_later_fit():
+    from fastai.callback.core import CancelFitException
+
+    from braver.studies.tune import OptunaPruning
+
+    pruning = OptunaPruning(None, "whole_tumor_dice")
+    pruning.before_fit()  # not pruned: the fit goes on
+    pruning.pruned = {"epoch": 0, "monitor": "whole_tumor_dice", "value": 0.1}
+    with pytest.raises(CancelFitException):
+        pruning.before_fit()

@@ -26,6 +26,10 @@ end; "raw" is the network alone.
     python bench/quality.py --reuse brain-easy=RUN            # measure an existing run only
     python bench/quality.py --only liver --brain-run RUN --liver-prepare target_spacing_mm=3.75
                                                     # the liver phantoms prepared another way
+    python bench/quality.py --only liver --brain-run RUN --liver-align-oracle
+                  # each liver case shifted so that its liver's median (from its labels: an
+                  # oracle, not a method) is the same in every case; what calibrating each
+                  # case to its liver could buy at most
 
 The last line of stdout is one JSON object.
 """
@@ -65,6 +69,11 @@ def main() -> None:
         help="KEY=VALUE of [prepare] (e.g. target_spacing_mm=2.5): the liver phantoms are "
         "prepared again with these settings into a cache of their own",
     )
+    parser.add_argument(
+        "--liver-align-oracle",
+        action="store_true",
+        help="liver: shift each case so that its true liver's median is the mean of them all",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
     studies = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -97,7 +106,12 @@ def main() -> None:
                 if source is None:
                     raise SystemExit("liver: pass --brain-run RUN or run brain-easy first")
                 run, trained = transfer_liver(
-                    source, args.liver_overrides, runs, args.liver_difficulty, args.liver_prepare
+                    source,
+                    args.liver_overrides,
+                    runs,
+                    args.liver_difficulty,
+                    args.liver_prepare,
+                    align=args.liver_align_oracle,
                 )
             if study == "brain-easy":
                 brain_run = brain_run or run
@@ -105,6 +119,7 @@ def main() -> None:
             figures["overrides"] = args.liver_overrides if study == "liver" else args.overrides
             if study == "liver":
                 figures["prepare"] = args.liver_prepare
+                figures["align_oracle"] = args.liver_align_oracle
             figures["train_seconds"] = (
                 trained if trained is not None else figures["run_train_seconds"]
             )
@@ -148,10 +163,16 @@ def train_brain(difficulty: str, overrides: list[str], runs: Path) -> tuple[Path
 
 
 def transfer_liver(
-    brain_run: Path, overrides: list[str], runs: Path, difficulty: str, prepare: list[str] = ()
+    brain_run: Path,
+    overrides: list[str],
+    runs: Path,
+    difficulty: str,
+    prepare: list[str] = (),
+    align: bool = False,
 ) -> tuple[Path, float]:
     """``braver transfer liver --freeze local`` (phantom profile) from ``brain_run``; with
-    ``prepare`` (``KEY=VALUE`` of ``PrepareSettings``) on the liver phantoms prepared again."""
+    ``prepare`` (``KEY=VALUE`` of ``PrepareSettings``) on the liver phantoms prepared again;
+    with ``align``, on a copy of the cache aligned on each case's true liver (``aligned``)."""
     from braver.data.phantoms import PREPARE_LIVER, default_phantom_cache
     from braver.studies.transfer import plan_transfer_study, run_transfer_study
 
@@ -159,6 +180,8 @@ def transfer_liver(
     dataset, cache = default_phantom_cache("liver", progress=False, difficulty=difficulty)
     if prepare:
         cache = prepared_again(dataset, {**PREPARE_LIVER, **_parsed(prepare)}, runs)
+    if align:
+        cache = aligned(Path(cache), runs)
     start = time.perf_counter()
     study = run_transfer_study(plan, cache=cache, out=runs, device="cpu", console=_console())
     return Path(study.rows[0]["run"]), round(time.perf_counter() - start, 1)
@@ -180,6 +203,30 @@ def prepared_again(dataset: Path, settings: dict, runs: Path) -> Path:
     cache = runs / f"cache-{dataset.parent.name}-{tag}".replace(" ", "")
     prepare_dataset(dataset, cache, prepare, progress=False)
     return cache
+
+
+def aligned(cache: Path, runs: Path) -> Path:
+    """A copy of the liver ``cache`` whose cases are shifted so that the median of each one's
+    liver voxels (label 1, from the labels) is the mean of those medians: an oracle, to tell
+    how much of the tumour Dice the per-case calibration of the liver's density holds back."""
+    import shutil
+
+    import numpy as np
+
+    out = runs / f"{cache.name}-aligned"
+    shutil.copytree(cache, out)
+    cases = sorted(p for p in (out / "cases").iterdir() if p.is_dir())
+    medians = {}
+    for case in cases:
+        image = np.load(case / "image.npy")
+        label = np.load(case / "label.npy").reshape(image.shape[1:])
+        medians[case] = float(np.median(image[0][label == 1].astype(np.float32)))
+    target = float(np.mean(list(medians.values())))
+    for case in cases:
+        image = np.load(case / "image.npy")
+        shifted = image.astype(np.float32) + np.float32(target - medians[case])
+        np.save(case / "image.npy", shifted.astype(image.dtype))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,8 +80,13 @@ DEFAULT_LIVER = {"cases": 16, "shape": (96, 96, 40), "seed": 2017}
 # paper's T1/T1c-only N4 (`--prepare paper-n4`): edema is seen on T2 and FLAIR. Core and
 # enhancing 0.836 / 0.852 with it, 0.853 / 0.873 without.
 PREPARE_BRAIN = {"n4": True, "n4_channels": ("t1", "t1c", "t2", "flair")}
-# as recipes/liver.toml prepares --data: CT z-scored, slices resampled to 5 mm (bench/quality.py)
-PREPARE_LIVER: dict = {"ct_normalisation": "zscore", "target_spacing_mm": 5.0}
+# as recipes/liver.toml prepares --data: CT clipped to its liver window and z-scored, slices
+# resampled to 5 mm (bench/quality.py)
+PREPARE_LIVER: dict = {
+    "hu_window": (20.0, 180.0),
+    "ct_normalisation": "zscore",
+    "target_spacing_mm": 5.0,
+}
 
 # Tissue codes of the brain phantom (rows of the intensity table below).
 (
@@ -1034,8 +1039,8 @@ def default_phantom_cache(
     (labels 0, 1, 2, 4 → classes background, necrosis, edema, enhancing); about 440k voxels
     a case, so sampling and training on 2 CPU cores are quick. Liver: 16 CT cases of
     96 x 96 x 40 voxels (3.75 x 3.75 x 4 mm), LiTS layout, classes background, liver, tumor,
-    prepared as ``recipes/liver.toml`` prepares ``--data`` (``PREPARE_LIVER``: z-scored CT,
-    5 mm in plane).
+    prepared as ``recipes/liver.toml`` prepares ``--data`` (``PREPARE_LIVER``: CT clipped to
+    the liver window [20, 180] HU and z-scored, 5 mm in plane).
     The brain cache is prepared with N4 on all four channels (``PREPARE_BRAIN``); a cache
     left by other settings is prepared again. ``difficulty="realistic"``: the same sizes and
     seed with the realistic phantoms, under ``<kind>-realistic-v1/``.

@@ -471,4 +471,4 @@ def test_liver_phantoms_are_prepared_as_the_liver_recipe_prepares_data():
     phantom = PrepareSettings(**PREPARE_LIVER)
     assert phantom.ct_normalisation == settings.prepare.ct_normalisation == "zscore"
     assert phantom.target_spacing_mm == settings.prepare.target_spacing_mm == 5.0
-    assert phantom.hu_window == settings.prepare.hu_window
+    assert phantom.hu_window == settings.prepare.hu_window == (20.0, 180.0)  # a liver window

@@ -215,15 +215,13 @@ def aligned(cache: Path, runs: Path) -> Path:
 
     out = runs / f"{cache.name}-aligned"
     shutil.copytree(cache, out)
-    cases = sorted(p for p in (out / "cases").iterdir() if p.is_dir())
-    medians = {}
-    for case in cases:
-        image = np.load(case / "image.npy")
+    images, medians = {}, {}
+    for case in sorted(p for p in (out / "cases").iterdir() if p.is_dir()):
+        image = images[case] = np.load(case / "image.npy")
         label = np.load(case / "label.npy").reshape(image.shape[1:])
         medians[case] = float(np.median(image[0][label == 1].astype(np.float32)))
     target = float(np.mean(list(medians.values())))
-    for case in cases:
-        image = np.load(case / "image.npy")
+    for case, image in images.items():
         shifted = image.astype(np.float32) + np.float32(target - medians[case])
         np.save(case / "image.npy", shifted.astype(image.dtype))
     return out

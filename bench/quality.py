@@ -26,6 +26,9 @@ end; "raw" is the network alone.
     python bench/quality.py --reuse brain-easy=RUN            # measure an existing run only
     python bench/quality.py --only liver --brain-run RUN --liver-prepare target_spacing_mm=3.75
                                                     # the liver phantoms prepared another way
+    python bench/quality.py --only liver --brain-run RUN --liver-folds 5
+                  # five transfers, each validated on one fold of the 16 cases (data.fold):
+                  # every case scored once, the Dice a mean over all 16 (``pooled``)
     python bench/quality.py --only liver --brain-run RUN --liver-align-oracle
                   # each liver case shifted so that its liver's median (from its labels: an
                   # oracle, not a method) is the same in every case; what calibrating each
@@ -74,6 +77,12 @@ def main() -> None:
         action="store_true",
         help="liver: shift each case so that its true liver's median is the mean of them all",
     )
+    parser.add_argument(
+        "--liver-folds",
+        type=int,
+        default=0,
+        help="liver: K transfers, fold k of K validating each (data.fold): every case once",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
     studies = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -95,7 +104,7 @@ def main() -> None:
         runs.mkdir(parents=True, exist_ok=True)
         brain_run = args.brain_run
         for study in studies:
-            start = time.perf_counter()
+            start, folds = time.perf_counter(), []
             if study in reuse:
                 run, trained = Path(reuse[study]), None
             elif study.startswith("brain"):
@@ -105,22 +114,30 @@ def main() -> None:
                 source = brain_run or (Path(reuse["brain-easy"]) if "brain-easy" in reuse else None)
                 if source is None:
                     raise SystemExit("liver: pass --brain-run RUN or run brain-easy first")
-                run, trained = transfer_liver(
-                    source,
-                    args.liver_overrides,
-                    runs,
-                    args.liver_difficulty,
-                    args.liver_prepare,
-                    align=args.liver_align_oracle,
-                )
+                for fold in range(args.liver_folds) if args.liver_folds else [None]:
+                    split = (
+                        []
+                        if fold is None
+                        else [f"data.fold={fold}", f"data.folds={args.liver_folds}"]
+                    )
+                    run, trained = transfer_liver(
+                        source,
+                        args.liver_overrides + split,
+                        runs,
+                        args.liver_difficulty,
+                        args.liver_prepare,
+                        align=args.liver_align_oracle,
+                    )
+                    if fold is not None:
+                        folds.append({"fold": fold, **measure(run), "train_seconds": trained})
             if study == "brain-easy":
                 brain_run = brain_run or run
-            figures = measure(run)
+            figures = pooled(folds) if study == "liver" and folds else measure(run)
             figures["overrides"] = args.liver_overrides if study == "liver" else args.overrides
             if study == "liver":
                 figures["prepare"] = args.liver_prepare
                 figures["align_oracle"] = args.liver_align_oracle
-            figures["train_seconds"] = (
+            figures["train_seconds"] = figures.get("train_seconds") or (
                 trained if trained is not None else figures["run_train_seconds"]
             )
             figures["bench_seconds"] = round(time.perf_counter() - start, 1)
@@ -214,6 +231,8 @@ def aligned(cache: Path, runs: Path) -> Path:
     import numpy as np
 
     out = runs / f"{cache.name}-aligned"
+    if out.exists():  # made for an earlier fold: the same cases, shifted the same
+        return out
     shutil.copytree(cache, out)
     images, medians = {}, {}
     for case in sorted(p for p in (out / "cases").iterdir() if p.is_dir()):
@@ -264,6 +283,43 @@ def measure(run: Path) -> dict:
             name: [{k: _rounded(v) for k, v in row.items()} for row in rows]
             for name, rows in tables.items()
         },
+    }
+
+
+def pooled(folds: list[dict]) -> dict:
+    """The folds of a cross-validation as one figure: each Dice the mean over every validation
+    case of every fold (each fold's mean weighted by its number of cases), the folds kept."""
+    total = sum(f["validation_cases"] for f in folds)
+
+    def mean(key: str) -> dict:
+        names = folds[0][key]
+        return {
+            name: round(sum(f[key][name] * f["validation_cases"] for f in folds) / total, 4)
+            for name in names
+        }
+
+    return {
+        "kind": folds[0]["kind"],
+        "recipe": folds[0]["recipe"],
+        "validation_cases": total,
+        "dice_raw": mean("dice_raw"),
+        "dice_postprocessed": mean("dice_postprocessed"),
+        "train_seconds": round(sum(f["train_seconds"] for f in folds), 1),
+        "folds": [
+            {
+                k: f[k]
+                for k in (
+                    "fold",
+                    "run",
+                    "validation_cases",
+                    "dice_raw",
+                    "postprocess_chosen",
+                    "dice_postprocessed",
+                    "train_seconds",
+                )
+            }
+            for f in folds
+        ],
     }
 
 

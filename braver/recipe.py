@@ -45,6 +45,10 @@ class DataSection:
     batch_size: int = 128
     validation_fraction: float = 0.2
     min_validation_cases: int = 1
+    # k-fold cross-validation: -1 splits by validation_fraction; 0 … folds - 1 validates that
+    # fold of the seed's order (braver.data.sampling.split_cases)
+    fold: int = -1
+    folds: int = 5
     validation_patches: int = 4096
     seed: int = 0
     on_device: bool = True  # keep the volumes on the GPU when training on CUDA
@@ -194,6 +198,12 @@ class Recipe:
                 "a fraction in [0, 1)",
             ),
             ("data.intensity", 0 <= self.data.intensity < 1, "in [0, 1)"),
+            ("data.folds", self.data.folds >= 2, "an integer of 2 or more"),
+            (
+                "data.fold",
+                -1 <= self.data.fold < self.data.folds,
+                f"-1 (no folds) or a fold from 0 to {self.data.folds - 1}",
+            ),
             ("optim.lr", self.optim.lr > 0, "positive"),
             ("optim.lr_decay", 0 < self.optim.lr_decay <= 1, "in (0, 1]"),
             ("optim.lr_saturate", self.optim.lr_saturate >= 1, "a positive integer"),

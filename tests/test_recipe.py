@@ -58,6 +58,17 @@ def test_bad_values_are_errors(tmp_path):
         recipe_from_dict({"optim": {"lr_decay": 1.5}}, "x.toml")
     with pytest.raises(BraverError, match=r"data\.intensity = 1\.5 must be in \[0, 1\)"):
         load_recipe(shipped_recipe("brain"), ["data.intensity=1.5"])
+    with pytest.raises(
+        BraverError, match=r"data\.fold = 5 must be -1 \(no folds\) or a fold from 0 to 4"
+    ):
+        load_recipe(shipped_recipe("brain"), ["data.fold=5"])
+    with pytest.raises(
+        BraverError, match=r"data\.fold = -2 must be -1 \(no folds\) or a fold from 0 to 2"
+    ):
+        load_recipe(shipped_recipe("brain"), ["data.folds=3", "data.fold=-2"])
+    with pytest.raises(BraverError, match=r"data\.folds = 1 must be an integer of 2 or more"):
+        load_recipe(shipped_recipe("brain"), ["data.folds=1", "data.fold=0"])
+    assert load_recipe(shipped_recipe("brain"), ["data.fold=4"]).data.fold == 4
     with pytest.raises(BraverError, match="data.flip = 'yes' must be bool"):
         load_recipe(shipped_recipe("brain"), ['data.flip="yes"'])
     with pytest.raises(BraverError, match="not KEY=VALUE"):

@@ -88,7 +88,8 @@ class CaseSplitter:
     """Split a list of cases into training and validation *by case* (seeded), never by patch.
 
     ``valid_cases`` names the validation cases explicitly; otherwise ``valid_pct`` of them
-    (at least ``min_valid``) are drawn with ``seed`` (``braver.data.sampling.split_cases``).
+    (at least ``min_valid``) are drawn with ``seed``, or with ``fold`` the seed's ``folds``-fold
+    cross-validation part ``fold`` validates (``braver.data.sampling.split_cases``).
     """
 
     def __init__(
@@ -97,14 +98,19 @@ class CaseSplitter:
         seed: int = 0,
         min_valid: int = 1,
         valid_cases: Sequence[str] | None = None,
+        fold: int | None = None,
+        folds: int = 5,
     ):
         self.valid_pct, self.seed, self.min_valid = valid_pct, seed, min_valid
         self.valid_cases = None if valid_cases is None else list(valid_cases)
+        self.fold, self.folds = fold, folds
 
     def __call__(self, cases: Sequence[CachedCase]) -> tuple[list[int], list[int]]:
         ids = [c.case_id for c in cases]
         if self.valid_cases is None:
-            _, valid = split_cases(ids, self.valid_pct, self.seed, self.min_valid)
+            _, valid = split_cases(
+                ids, self.valid_pct, self.seed, self.min_valid, self.fold, self.folds
+            )
         else:
             unknown = sorted(set(self.valid_cases) - set(ids))
             if unknown:
@@ -140,13 +146,16 @@ def patch_datablock(
     seed: int = 0,
     min_valid: int = 1,
     valid_cases: Sequence[str] | None = None,
+    fold: int | None = None,
+    folds: int = 5,
 ) -> DataBlock:
     """A stock fastai ``DataBlock`` of multi-scale patches for ``model`` (a name, a model or
-    input sizes): ``(MultiScalePatchBlock, PatchMaskBlock)``, cases as items, split by case."""
+    input sizes): ``(MultiScalePatchBlock, PatchMaskBlock)``, cases as items, split by case
+    (``fold``: that part of a ``folds``-fold cross-validation validates)."""
     return DataBlock(
         blocks=(MultiScalePatchBlock(input_sizes_of(model), tile), PatchMaskBlock()),
         get_items=labelled_cases,
-        splitter=CaseSplitter(valid_pct, seed, min_valid, valid_cases),
+        splitter=CaseSplitter(valid_pct, seed, min_valid, valid_cases, fold, folds),
         n_inp=1,
     )
 

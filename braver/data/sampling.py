@@ -29,6 +29,7 @@ import numpy as np
 
 from braver.atomic import atomic_path
 from braver.data.cache import Cache, CachedCase
+from braver.errors import BraverError
 
 INDEX_DIR = "index"
 INDEX_VERSION = 1
@@ -201,16 +202,40 @@ class PatchSampler:
 
 
 def split_cases(
-    case_ids: Sequence[str], fraction: float, seed: int, min_valid: int = 1
+    case_ids: Sequence[str],
+    fraction: float,
+    seed: int,
+    min_valid: int = 1,
+    fold: int | None = None,
+    folds: int = 5,
 ) -> tuple[list[str], list[str]]:
     """Seeded split of case ids into (train, valid); never by patch.
 
     At least ``min_valid`` validation cases when ``fraction > 0`` and at least one training case.
+    With ``fold`` (0 … ``folds`` − 1), k-fold cross-validation instead: the cases, in the seed's
+    order, are cut into ``folds`` parts as even as can be (sizes differ by one at most) and part
+    ``fold`` validates; over the folds every case is validated exactly once, and ``fraction``
+    and ``min_valid`` play no part.
     """
     ids = list(case_ids)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    if fold is not None:
+        if folds < 2 or not 0 <= fold < folds:
+            raise BraverError(
+                f"fold {fold} of {folds} folds is not a fold",
+                None,
+                f"use 2 or more folds and a fold from 0 to {max(folds, 2) - 1}",
+            )
+        if folds > len(ids):
+            raise BraverError(
+                f"{folds} folds need as many labelled cases; there are {len(ids)}",
+                None,
+                f"use at most {len(ids)} folds" if len(ids) >= 2 else "add labelled cases",
+            )
+        valid = {ids[i] for i in np.array_split(perm, folds)[fold]}
+        return [c for c in ids if c not in valid], [c for c in ids if c in valid]
     if len(ids) < 2 or fraction <= 0:
         return ids, []
     n_valid = min(max(int(round(fraction * len(ids))), min_valid), len(ids) - 1)
-    perm = np.random.default_rng(seed).permutation(len(ids))
     valid = {ids[i] for i in perm[:n_valid]}
     return [c for c in ids if c not in valid], [c for c in ids if c in valid]

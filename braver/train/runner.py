@@ -270,7 +270,7 @@ def new_start(
     keep_trainable: Sequence[str] = (),
 ) -> Start:
     """A new run on ``cache``: its labelled cases split into training and validation cases by
-    the recipe's seed."""
+    the recipe's seed (and its fold, ``data.fold``, for cross-validation)."""
     from braver.data.sampling import split_cases
 
     if cache is None:
@@ -284,6 +284,8 @@ def new_start(
         recipe.data.validation_fraction,
         recipe.data.seed,
         recipe.data.min_validation_cases,
+        fold=recipe.data.fold if recipe.data.fold >= 0 else None,
+        folds=recipe.data.folds,
     )
     return Start(
         recipe,

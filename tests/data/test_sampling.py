@@ -4,6 +4,7 @@ import pytest
 from braver.data.cache import Cache, write_case, write_summary
 from braver.data.labels import BRATS_2023
 from braver.data.sampling import PatchSampler, build_case_index, split_cases
+from braver.errors import BraverError
 
 
 def write_toy_cache(root, cases=3, shape=(4, 20, 24), seed=0):
@@ -112,6 +113,48 @@ def test_split_by_case_is_seeded_and_disjoint():
     assert split_cases(ids, 0.2, seed=3) == (train, valid)
     assert split_cases(ids, 0.2, seed=4) != (train, valid)
     assert len(split_cases(["a", "b"], 0.1, seed=0)[1]) == 1
+
+
+def test_k_fold_split_validates_every_case_once():
+    ids = [f"c{i:02d}" for i in range(16)]
+    splits = [split_cases(ids, 0.2, seed=3, fold=k, folds=5) for k in range(5)]
+    valids = [valid for _, valid in splits]
+    assert [len(v) for v in valids] == [4, 3, 3, 3, 3]  # as even as can be, the first larger
+    assert sorted(c for v in valids for c in v) == ids  # each case validated exactly once
+    for train, valid in splits:
+        assert sorted(train + valid) == ids and not set(train) & set(valid)
+        assert train == [c for c in ids if c in train]  # the cache's order kept
+    # the parts follow the seed's order: fold 0 is the first four of its permutation
+    perm = np.random.default_rng(3).permutation(16)
+    assert set(valids[0]) == {ids[i] for i in perm[:4]}
+    assert set(valids[4]) == {ids[i] for i in perm[13:]}
+    # fraction and min_valid play no part; the seed does
+    assert split_cases(ids, 0.5, seed=3, min_valid=9, fold=2, folds=5) == splits[2]
+    assert split_cases(ids, 0.2, seed=4, fold=2, folds=5) != splits[2]
+    # without a fold the split is the fraction's, as before
+    assert split_cases(ids, 0.25, seed=3)[1] == sorted(ids[i] for i in perm[:4])
+    two = split_cases(["a", "b"], 0.0, seed=0, fold=1, folds=2)
+    assert len(two[0]) == len(two[1]) == 1
+
+
+@pytest.mark.parametrize(
+    ("fold", "folds", "cases", "message"),
+    [
+        (
+            5,
+            5,
+            16,
+            r"fold 5 of 5 folds is not a fold; use 2 or more folds and a fold from 0 to 4\.",
+        ),
+        (-1, 5, 16, r"fold -1 of 5 folds is not a fold"),
+        (0, 1, 16, r"fold 0 of 1 folds is not a fold; use 2 or more folds and a fold from 0 to 1"),
+        (0, 6, 4, r"6 folds need as many labelled cases; there are 4; use at most 4 folds\."),
+        (0, 2, 1, r"2 folds need as many labelled cases; there are 1; add labelled cases\."),
+    ],
+)
+def test_a_fold_that_cannot_be_cut_is_refused(fold, folds, cases, message):
+    with pytest.raises(BraverError, match=message):
+        split_cases([f"c{i}" for i in range(cases)], 0.2, 0, fold=fold, folds=folds)
 
 
 def test_a_missing_class_leaves_exact_balance_among_the_others(tmp_path):

@@ -76,6 +76,15 @@ def test_a_new_start_splits_the_labelled_cases_by_the_recipes_seed(tmp_path):
         brain("data.validation_fraction=0.01", "data.min_validation_cases=2"), cache
     )
     assert len(at_least.valid_cases) == 2
+    folds = [
+        runner.new_start(brain("data.seed=3", f"data.fold={k}", "data.folds=2"), cache)
+        for k in (0, 1)
+    ]
+    assert [f.valid_cases for f in folds] == [
+        split_cases(labelled, 0.2, 3, 1, fold=k, folds=2)[1] for k in (0, 1)
+    ]
+    assert sorted(folds[0].valid_cases + folds[1].valid_cases) == labelled  # each case once
+    assert len(folds[0].valid_cases) == 3  # the fold, not the fraction's single case
     assert start.state == {"finished": [], "fit": None, "epochs_done": 0}
     assert start.state is not other.state  # each start its own progress
     assert (start.folder, start.info, start.recipe) == (None, None, recipe)

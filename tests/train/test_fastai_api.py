@@ -37,6 +37,22 @@ def test_datablock_splits_by_case_and_batches_are_typed(learn):
     assert dls.n_inp == 1
 
 
+def test_datablock_cross_validation_folds_validate_every_case_once(tiny_cache):
+    from braver.data.sampling import split_cases
+
+    valids = []
+    for fold in (0, 1):
+        dls = patch_datablock("twopath", tile=4, fold=fold, folds=2).dataloaders(
+            tiny_cache, bs=4, patches_per_epoch=8, valid_patches=8
+        )
+        valid = [c.case_id for c in dls.valid.cases]
+        ids = sorted([c.case_id for c in dls.train.cases] + valid)
+        assert valid == split_cases(ids, 0.25, 0, fold=fold, folds=2)[1]
+        valids.append(valid)
+    assert [len(v) for v in valids] == [2, 2]  # the fold, not valid_pct's single case
+    assert sorted(valids[0] + valids[1]) == ids
+
+
 def test_show_batch_draws_each_scale_with_its_labels(tiny_cache):
     dls = patch_datablock("input_cascade").dataloaders(
         tiny_cache, bs=4, patches_per_epoch=8, valid_patches=4

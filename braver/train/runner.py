@@ -279,14 +279,17 @@ def new_start(
     labelled = [c for c in cache.case_ids if cache.case(c).has_label]
     if len(labelled) < 1:
         raise BraverError("has no labelled case to train on", cache.root, "prepare labels")
-    train_cases, valid_cases = split_cases(
-        labelled,
-        recipe.data.validation_fraction,
-        recipe.data.seed,
-        recipe.data.min_validation_cases,
-        fold=recipe.data.fold if recipe.data.fold >= 0 else None,
-        folds=recipe.data.folds,
-    )
+    try:
+        train_cases, valid_cases = split_cases(
+            labelled,
+            recipe.data.validation_fraction,
+            recipe.data.seed,
+            recipe.data.min_validation_cases,
+            fold=recipe.data.fold if recipe.data.fold >= 0 else None,
+            folds=recipe.data.folds,
+        )
+    except BraverError as error:  # too many folds for this cache's cases: name the cache
+        raise BraverError(str(error).rstrip("."), cache.root) from None
     return Start(
         recipe,
         cache,

@@ -85,6 +85,11 @@ def test_a_new_start_splits_the_labelled_cases_by_the_recipes_seed(tmp_path):
     ]
     assert sorted(folds[0].valid_cases + folds[1].valid_cases) == labelled  # each case once
     assert len(folds[0].valid_cases) == 3  # the fold, not the fraction's single case
+    with pytest.raises(BraverError) as error:
+        runner.new_start(brain("data.fold=0", "data.folds=6"), cache)
+    assert str(error.value) == (
+        f"{cache.root}: 6 folds need as many labelled cases; there are 5; use at most 5 folds."
+    )
     assert start.state == {"finished": [], "fit": None, "epochs_done": 0}
     assert start.state is not other.state  # each start its own progress
     assert (start.folder, start.info, start.recipe) == (None, None, recipe)

@@ -57,16 +57,6 @@ def centred(image_zyx, organ):
     return image_zyx - np.float32(np.median(image_zyx[organ]))
 
 
-def largest_component(mask):
-    import numpy as np
-    from scipy import ndimage
-
-    components, count = ndimage.label(mask, ndimage.generate_binary_structure(3, 3))
-    if not count:
-        return mask
-    return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
-
-
 def tiles(cases, count: int, rng):
     """``count`` tiles (input, tumour target, liver mask) centred on random liver pixels."""
     import numpy as np
@@ -110,6 +100,7 @@ def main() -> None:
     from braver.data.cache import Cache
     from braver.inference import predict_volume
     from braver.models import create_model
+    from braver.postprocess import largest_component
     from braver.runs import load_model
 
     if args.threads:

@@ -2,10 +2,11 @@
 
 The organ-then-lesion cascade of LiTS-era work: a second network, trained from scratch on the
 training cases of a liver run, tells tumour from liver inside the liver only (two classes,
-TwoPathCNN, dense 24 x 24 tiles around liver pixels, loss on liver pixels only, each class
-weighing half of it; SGD with momentum 0.9, the learning rate falling 15 % an epoch). Its
-input is the run's cache image less the case's liver median, so that each case's liver sits
-at 0 whatever its density.
+TwoPathCNN, dense 24 x 24 tiles around liver pixels, mirrored at random and with the liver
+recipe's intensity jitter, loss on liver pixels only, each class weighing half of it; SGD
+with momentum 0.9, the learning rate falling 15 % an epoch). Its input is the run's cache
+image less the case's liver median, so that each case's liver sits at 0 whatever its
+density.
 
 It is scored on the run's validation cases, whole volume, twice:
 
@@ -17,7 +18,7 @@ It is scored on the run's validation cases, whole volume, twice:
 Against it, the run's own tumour map, raw and restricted to the true liver. Cases have one
 Dice each (1 when neither the truth nor the prediction has tumour), averaged.
 
-    python bench/lesion_roi.py RUN [--epochs 8] [--tiles 240] [--context 1] [--threads 2]
+    python bench/lesion_roi.py RUN [--epochs 10] [--tiles 240] [--context 1] [--threads 2]
 
 ``--context 3`` gives the network the slices above and below as two more channels (2.5-D:
 a vessel is a tube through slices, a tumour a blob). The last line of stdout is one JSON
@@ -85,7 +86,7 @@ def tiles(cases, count: int, rng):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a liver run folder (braver transfer liver)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--tiles", type=int, default=240, help="tiles per epoch")
     parser.add_argument("--context", type=int, default=1, choices=(1, 3, 5), help="slices")
     parser.add_argument("--lr", type=float, default=0.001)

@@ -58,22 +58,31 @@ def centred(image_zyx, organ):
     return image_zyx - np.float32(np.median(image_zyx[organ]))
 
 
-def tiles(cases, count: int, rng):
-    """``count`` tiles (input, tumour target, liver mask) centred on random liver pixels."""
+HALF_IN, HALF_OUT = OUT // 2 + PAD, OUT // 2
+
+
+def padded(image_zcyx, label_zyx):
+    """A training case padded once for ``tiles``: (image, label, liver, liver pixels), the
+    image's border repeated, the label's zero."""
     import numpy as np
 
-    half_in, half_out = OUT // 2 + PAD, OUT // 2
+    image = np.pad(image_zcyx, ((0, 0), (0, 0), (HALF_IN,) * 2, (HALF_IN,) * 2), mode="edge")
+    label = np.pad(label_zyx, ((0, 0), (HALF_IN,) * 2, (HALF_IN,) * 2))
+    return image, label, label > 0, np.argwhere(label > 0)
+
+
+def tiles(cases, count: int, rng):
+    """``count`` tiles (input, tumour target, liver mask) centred on random liver pixels of
+    ``padded`` cases."""
+    import numpy as np
+
     inputs, targets, masks = [], [], []
     for _ in range(count):
         image, label, organ, where = cases[rng.integers(len(cases))]
         z, y, x = where[rng.integers(len(where))]
-        grid = np.pad(image[z], ((0, 0), (half_in, half_in), (half_in, half_in)), mode="edge")
-        lab = np.pad(label[z], half_in)
-        org = np.pad(organ[z], half_in)
-        y, x = y + half_in, x + half_in
-        inp = grid[:, y - half_in : y + half_in, x - half_in : x + half_in]
-        tgt = lab[y - half_out : y + half_out, x - half_out : x + half_out] == 2
-        msk = org[y - half_out : y + half_out, x - half_out : x + half_out]
+        inp = image[z, :, y - HALF_IN : y + HALF_IN, x - HALF_IN : x + HALF_IN]
+        out = (z, slice(y - HALF_OUT, y + HALF_OUT), slice(x - HALF_OUT, x + HALF_OUT))
+        tgt, msk = label[out] == 2, organ[out]
         if rng.random() < 0.5:
             inp, tgt, msk = inp[..., ::-1], tgt[:, ::-1], msk[:, ::-1]
         inp = inp * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)  # the recipe's jitter
@@ -97,35 +106,26 @@ def main() -> None:
     import numpy as np
     import torch
     import torch.nn.functional as F
+    from tumour_cues import liver_run  # bench/ is the script's folder, first on sys.path
 
-    from braver.data.cache import Cache
     from braver.inference import predict_volume
     from braver.models import create_model
     from braver.postprocess import largest_component
-    from braver.runs import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
-    run_model, info = load_model(args.run)
-    cache = Cache.open(info.cache)
-    names = [c.lower() for c in cache.scheme.class_names]
-    if names[:3] != ["background", "liver", "tumor"]:
-        raise SystemExit(f"{args.run}: not a liver run (classes {names}); pass a liver run folder")
+    run_model, info, cache = liver_run(args.run)
     valid = list(info.validation_cases)
-    train_ids = [c for c in cache.case_ids if c not in valid and cache.case(c).has_label]
 
     train = []
-    for case_id in train_ids:
+    for case_id in info.extra["train_cases"]:  # what the run trained on
         case = cache.case(case_id)
         image, label = np.asarray(case.image[0], np.float32), np.asarray(case.label)
-        organ = label > 0
-        if organ.any():
-            train.append(
-                (stacked(centred(image, organ), args.context), label, organ, np.argwhere(organ))
-            )
+        if (label > 0).any():
+            train.append(padded(stacked(centred(image, label > 0), args.context), label))
     tumour = sum(int((c[1] == 2).sum()) for c in train)
     liver = sum(int((c[1] == 1).sum()) for c in train)
     weight = torch.tensor([(tumour + liver) / (2 * liver), (tumour + liver) / (2 * tumour)])

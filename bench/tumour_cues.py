@@ -91,6 +91,19 @@ def tumour_rows(image, label, probs, predicted, min_voxels: int = 20) -> list[di
     return sorted(rows, key=lambda row: -row["voxels"])
 
 
+def liver_run(run: Path):
+    """``(model, run info, cache)`` of a liver run folder; exits with one sentence otherwise."""
+    from braver.data.cache import Cache
+    from braver.runs import load_model
+
+    model, info = load_model(run)
+    cache = Cache.open(info.cache)
+    names = [c.lower() for c in cache.scheme.class_names]
+    if names[:3] != ["background", "liver", "tumor"]:
+        raise SystemExit(f"{run}: not a liver run (classes {names}); pass a liver run folder")
+    return model, info, cache
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a liver run folder")
@@ -106,19 +119,13 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from braver.data.cache import Cache
     from braver.inference import predict_volume, score_classes
     from braver.postprocess import NONE
-    from braver.runs import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    model, info = load_model(args.run)
-    cache = Cache.open(info.cache)
-    names = [c.lower() for c in cache.scheme.class_names]
-    if names[:3] != ["background", "liver", "tumor"]:
-        raise SystemExit(f"{args.run}: not a liver run (classes {names}); pass a liver run folder")
+    model, info, cache = liver_run(args.run)
 
     def arrays(case_id):
         case = cache.case(case_id)

@@ -34,7 +34,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import socket
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,6 +75,7 @@ PRUNERS = ("median", "halving", "none")
 DEFAULT_METRIC = {"brain": "whole_tumor_dice", "liver": "tumor_dice"}
 HEARTBEAT_SECONDS = 30  # a trial's process writes a heartbeat this often …
 GRACE_SECONDS = 180  # … and one silent for this long is marked FAIL by the next process
+STORAGE_ATTEMPTS = 6  # opens of a new SQLite study that another process is creating
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,14 +368,7 @@ def _open_study(url: str, name: str, direction: str, pruner, seed, trials: int):
         # trials of several processes write to one file: wait for the lock instead of failing
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-            )
+        storage = _rdb_storage(url, engine_kwargs)
     except Exception as error:  # a bad URL, a missing driver, an unreachable server
         raise BraverError(
             f"cannot open the study storage {safe_url(url)} ({type(error).__name__}: {error})",
@@ -406,6 +402,34 @@ def _open_study(url: str, name: str, direction: str, pruner, seed, trials: int):
             "use the study's own --metric or a new --study name",
         )
     return study, storage, created
+
+
+def _rdb_storage(url: str, engine_kwargs: dict, attempts: int = STORAGE_ATTEMPTS):
+    """Optuna's RDBStorage for ``url``; a first open writes the schema and its version.
+
+    Two processes opening one new study together both write that schema, and one of them
+    fails (``table studies already exists``, a UNIQUE constraint on ``alembic_version``):
+    it opens again once the other one is done, when the schema is there to read.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    def open_storage():
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+            )
+
+    for attempt in range(attempts - 1):
+        try:
+            return open_storage()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+    return open_storage()
 
 
 def make_pruner(name: str):

@@ -209,10 +209,15 @@ def _output(tmp_path) -> str:
     return (tmp_path / "worker.log").read_text()
 
 
-def _wait_for(folder: Path, ready, seconds: float = 600) -> list:
-    """Poll the study until ``ready(trials)``; its trials then."""
+def _wait_for(folder: Path, ready, process: subprocess.Popen, seconds: float = 600) -> list:
+    """Poll the study until ``ready(trials)``; its trials then. Fails once ``process`` ended."""
     deadline = time.time() + seconds
     while time.time() < deadline:
+        if process.poll() is not None:  # the worker died: say why now, not after the deadline
+            raise AssertionError(
+                f"the worker process ended ({process.returncode}) before it got there:\n"
+                + _output(folder.parent)
+            )
         if (folder / "study.db").exists():
             try:
                 trials = _load(folder, "shared").trials
@@ -248,7 +253,7 @@ def test_a_killed_study_resumes_with_its_finished_trials(tmp_path, space_file, o
         return len(trials) == 2 and trials[1].user_attrs.get("pid") is not None
 
     try:
-        trials = _wait_for(folder, second_trial_started)
+        trials = _wait_for(folder, second_trial_started, process)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
@@ -271,7 +276,7 @@ def test_two_processes_share_one_sqlite_study(tmp_path, space_file, one_thread):
     folder = tmp_path / "study"
     other = _worker(tmp_path, cache.root, folder, space_file, 3)
     try:  # this process joins once the other one has its first trial running
-        _wait_for(folder, lambda trials: any(t.user_attrs.get("pid") for t in trials))
+        _wait_for(folder, lambda trials: any(t.user_attrs.get("pid") for t in trials), other)
         _tune_here(folder, cache.root, space_file, 3)
     finally:
         other.wait(timeout=240)
@@ -1064,6 +1069,84 @@ def test_a_studys_storage_and_sampler(tmp_path):
     assert (storage.heartbeat_interval, storage.grace_period) == (HEARTBEAT_SECONDS, GRACE_SECONDS)
     study, _, created = _open_study(url, "s3", "maximize", "median", 0, 3)
     assert not created and isinstance(study.pruner, optuna.pruners.MedianPruner)
+
+
+def test_a_study_that_another_process_is_creating_opens_once_its_schema_is_there(
+    tmp_path, monkeypatch
+):
+    import sqlalchemy.exc
+
+    from braver.studies import tune as tune_module
+
+    calls = []
+
+    class Racing(optuna.storages.RDBStorage):  # what a second process meets while the first
+        def __init__(self, url, **kwargs):  # one writes the schema
+            calls.append(url)
+            if len(calls) <= 2:
+                raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception())
+            super().__init__(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    monkeypatch.setattr(tune_module.time, "sleep", lambda seconds: None)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study, _, created = tune_module._open_study(url, "s", "maximize", "none", 0, 3)
+    assert created and len(calls) == 3
+    # a storage that keeps failing is still refused in one sentence, after the last attempt
+    failed = []
+
+    def failing(url, **kwargs):
+        failed.append(url)
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", failing)
+    with pytest.raises(BraverError, match="cannot open the study storage"):
+        tune_module._open_study(url, "t", "maximize", "none", 0, 3)
+    assert len(failed) == tune_module.STORAGE_ATTEMPTS
+
+
+OPEN_TOGETHER = """
+import sys, time
+from pathlib import Path
+from braver.studies.tune import _open_study
+
+url, name, ready, go = sys.argv[1:]
+Path(ready).touch()
+while not Path(go).exists():  # both processes open the study within a millisecond
+    time.sleep(0.001)
+_open_study(url, name, "maximize", "none", 0, 3)
+"""
+
+
+@pytest.mark.slow
+def test_processes_that_open_one_new_study_together_all_open_it(tmp_path):
+    # a fresh SQLite file opened by two processes at once: both write its schema, and without
+    # a second attempt one in four of them failed (table exists, UNIQUE alembic_version)
+    script = tmp_path / "open.py"
+    script.write_text(OPEN_TOGETHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for pair in range(3):
+        url = f"sqlite:///{tmp_path / f'study{pair}.db'}"
+        ready = [tmp_path / f"ready{pair}-{k}" for k in range(2)]
+        go = tmp_path / f"go{pair}"
+        processes = [
+            subprocess.Popen(
+                [sys.executable, str(script), url, "s", str(flag), str(go)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            for flag in ready
+        ]
+        deadline = time.time() + 120
+        while not all(flag.exists() for flag in ready) and time.time() < deadline:
+            time.sleep(0.05)
+        go.touch()
+        for process in processes:
+            output, _ = process.communicate(timeout=120)
+            assert process.returncode == 0, output
+        assert optuna.load_study(study_name="s", storage=url).trials == []
 
 
 def test_a_process_of_another_user_counts_as_alive(monkeypatch):

@@ -363,12 +363,13 @@ def tune(
 def _open_study(url: str, name: str, direction: str, pruner, seed, trials: int):
     import optuna
 
-    engine_kwargs = {}
+    engine_kwargs, attempts = {}, 1
     if url.startswith("sqlite"):
-        # trials of several processes write to one file: wait for the lock instead of failing
-        engine_kwargs = {"connect_args": {"timeout": 60}}
+        # trials of several processes write to one file: wait for the lock instead of failing,
+        # and open a new study again when another process was writing its schema
+        engine_kwargs, attempts = {"connect_args": {"timeout": 60}}, STORAGE_ATTEMPTS
     try:
-        storage = _rdb_storage(url, engine_kwargs)
+        storage = _rdb_storage(url, engine_kwargs, attempts)
     except Exception as error:  # a bad URL, a missing driver, an unreachable server
         raise BraverError(
             f"cannot open the study storage {safe_url(url)} ({type(error).__name__}: {error})",
@@ -404,12 +405,13 @@ def _open_study(url: str, name: str, direction: str, pruner, seed, trials: int):
     return study, storage, created
 
 
-def _rdb_storage(url: str, engine_kwargs: dict, attempts: int = STORAGE_ATTEMPTS):
-    """Optuna's RDBStorage for ``url``; a first open writes the schema and its version.
+def _rdb_storage(url: str, engine_kwargs: dict, attempts: int):
+    """Optuna's RDBStorage for ``url``, in up to ``attempts`` opens.
 
-    Two processes opening one new study together both write that schema, and one of them
-    fails (``table studies already exists``, a UNIQUE constraint on ``alembic_version``):
-    it opens again once the other one is done, when the schema is there to read.
+    A first open writes the schema and its version. Two processes opening one new SQLite study
+    together both write them, and one fails (``table studies already exists``, a UNIQUE
+    constraint on ``alembic_version``); it opens again once the other is done and the schema is
+    there to read. A server URL gets one attempt: an unreachable host is not waited for twice.
     """
     import optuna
     import sqlalchemy.exc

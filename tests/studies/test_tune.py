@@ -1103,6 +1103,10 @@ def test_a_study_that_another_process_is_creating_opens_once_its_schema_is_there
     with pytest.raises(BraverError, match="cannot open the study storage"):
         tune_module._open_study(url, "t", "maximize", "none", 0, 3)
     assert len(failed) == tune_module.STORAGE_ATTEMPTS
+    failed.clear()  # a server is not waited for again: its error is not a schema being written
+    with pytest.raises(BraverError, match="cannot open the study storage"):
+        tune_module._open_study("postgresql://braver@db.invalid/s", "t", "maximize", "none", 0, 3)
+    assert len(failed) == 1
 
 
 OPEN_TOGETHER = """

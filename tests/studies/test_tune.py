@@ -1083,8 +1083,10 @@ def test_a_study_that_another_process_is_creating_opens_once_its_schema_is_there
     class Racing(optuna.storages.RDBStorage):  # what a second process meets while the first
         def __init__(self, url, **kwargs):  # one writes the schema
             calls.append(url)
-            if len(calls) <= 2:
+            if len(calls) == 1:  # the tables the other process has just created
                 raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception())
+            if len(calls) == 2:  # the version stamp it has just written
+                raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception())
             super().__init__(url, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
